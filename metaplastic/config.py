@@ -1,0 +1,177 @@
+"""Experiment configs: YAML files with optional ``base:`` inheritance and key=value overrides.
+
+The task and rule sections are polymorphic (selected by their ``name``); they are validated
+by building the task and rule objects when the config is loaded, so a typo fails at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from metaplastic.config_utils import build_dataclass, to_plain
+from metaplastic.errors import ConfigError
+from metaplastic.params import GROUPS
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    hidden: tuple[int, ...] = (300, 300, 300, 300, 300, 900, 300, 300)
+    activation: str = "relu"
+    output_activation: str = "identity"
+    plastic: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    steps: int = 1000
+    meta_batch: int = 1
+    lr: dict[str, float | None] = field(
+        default_factory=lambda: {"init": 1e-4, "feedback": 1e-4, "coef": 1e-8, "beta": 1e-4, "lr": None}
+    )
+    grad_clip: float | None = None
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.meta_batch < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError("meta.steps must be >= 0 and meta.meta_batch, meta.checkpoint_every, meta.log_every >= 1")
+        unknown = sorted(set(self.lr) - set(GROUPS))
+        if unknown:
+            raise ConfigError(f"unknown key 'meta.lr.{unknown[0]}' (meta-parameter groups: {', '.join(GROUPS)})")
+        for g, v in self.lr.items():
+            if v is not None and v < 0:
+                raise ConfigError(f"meta.lr.{g} must be >= 0 or null, got {v}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"meta.grad_clip must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    episodes: int = 100
+    points_per_function: int = 100
+    seed: int = 12345
+    batch: int = 50
+    sgd_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
+    validation_episodes: int = 20
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.points_per_function < 1 or self.batch < 1 or self.validation_episodes < 1:
+            raise ConfigError("eval.episodes, eval.points_per_function, eval.batch, eval.validation_episodes must be >= 1")
+        if not self.sgd_lrs:
+            raise ConfigError("eval.sgd_lrs must list at least one learning rate")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    out_dir: str | None = None
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "sine"})
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    rule: dict[str, Any] = field(default_factory=lambda: {"name": "flp"})
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    base = data.pop("base", None)
+    if base is not None:
+        merged = _read_yaml((path.parent / str(base)).resolve())
+        data = deep_merge(merged, data)
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        # A rule/task section that changes its name starts from a clean slate.
+        same_kind = not (isinstance(v, dict) and "name" in v and isinstance(out.get(k), dict) and out[k].get("name") != v["name"])
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and same_kind:
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (lists, numbers, null)."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override key '{key}' is malformed")
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{key}': '{p}' is not a section")
+            node[p] = dict(child)
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    from metaplastic.rules import build_rule
+    from metaplastic.tasks import build_task
+
+    cfg = build_dataclass(ExperimentConfig, data, "config")
+    build_task(cfg.task)
+    build_rule(cfg.rule)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    data = _read_yaml(Path(path))
+    data = apply_overrides(data, overrides or [])
+    data.setdefault("name", Path(path).stem)
+    return config_from_dict(data)

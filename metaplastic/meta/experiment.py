@@ -1,0 +1,60 @@
+"""Assemble network, rule, task and loss from a config, and draw seeded data.
+
+Data for meta-step k comes from a generator seeded by (seed, k) alone, so a resumed run sees
+exactly the data an uninterrupted run would have seen, with no RNG state to save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaplastic.config import ExperimentConfig
+from metaplastic.losses import Loss, get_loss
+from metaplastic.networks import MLP
+from metaplastic.params import prefixed
+from metaplastic.rules import Rule, build_rule
+from metaplastic.tasks import Episodes, build_task
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator whose seed is a fixed mix of integer keys."""
+    seed = 0x9E3779B97F4A7C15
+    for k in keys:
+        seed = (seed * 6364136223846793005 + int(k) + 1442695040888963407) % (1 << 63)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class Experiment:
+    config: ExperimentConfig
+    net: MLP
+    rule: Rule
+    task: Any
+    loss: Loss
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> Experiment:
+        task = build_task(config.task)
+        sizes = [task.n_inputs, *config.network.hidden, task.n_outputs]
+        plastic = list(config.network.plastic) if config.network.plastic is not None else None
+        net = MLP.build(sizes, config.network.activation, config.network.output_activation, plastic)
+        return cls(config, net, build_rule(config.rule), task, get_loss(task.loss_name))
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def init_meta(self) -> dict[str, Tensor]:
+        """Initial meta-parameters, identical for the same seed on every device."""
+        g = seeded_generator(self.config.seed, 0)
+        dtype = self.config.torch_dtype
+        meta = {**prefixed(self.net.init(g, dtype), "init"), **self.rule.init(self.net, g, dtype)}
+        return {k: v.to(self.device) for k, v in meta.items()}
+
+    def training_episodes(self, step: int) -> Episodes:
+        g = seeded_generator(self.config.seed, 1, step)
+        return self.task.sample(self.config.meta.meta_batch, g).to(self.device, self.config.torch_dtype)

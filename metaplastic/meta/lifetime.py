@@ -1,0 +1,52 @@
+"""The inner loop: a network learning online, one minibatch at a time, by its rule.
+
+Plastic weights start as the shared meta-learned initial weights; the first update broadcasts
+them to one copy per task, so a meta-batch of T tasks costs one batched matmul per layer and
+no Python loop over tasks. Frozen layers stay shared for the whole lifetime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import Tensor
+
+from metaplastic.errors import ShapeError
+from metaplastic.losses import Loss
+from metaplastic.networks import MLP
+from metaplastic.params import select
+from metaplastic.rules import Rule
+
+
+def check_stream(net: MLP, x: Tensor, y: Tensor) -> None:
+    if x.dim() != 4 or y.dim() != 4 or x.shape[:3] != y.shape[:3]:
+        raise ShapeError(
+            f"lifetime data must be x (T, S, B, n_in) and y (T, S, B, n_out) with matching T, S, B; "
+            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    if x.shape[-1] != net.in_features or y.shape[-1] != net.out_features:
+        raise ShapeError(
+            f"network expects {net.in_features} inputs and {net.out_features} outputs, "
+            f"data has {x.shape[-1]} and {y.shape[-1]}"
+        )
+
+
+def iterate_lifetime(
+    net: MLP, rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss
+) -> Iterator[tuple[int, dict[str, Tensor]]]:
+    """Yield (step, weights after that step) for every minibatch of the stream."""
+    check_stream(net, x, y)
+    weights = select(meta, "init")
+    prepared = rule.prepare(net, meta)
+    for step in range(x.shape[1]):
+        trace = net.forward(weights, x[:, step])
+        weights = {**weights, **rule.step(net, weights, prepared, trace, y[:, step], loss)}
+        yield step, weights
+
+
+def run_lifetime(net: MLP, rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss) -> dict[str, Tensor]:
+    """Weights at the end of the lifetime."""
+    weights = select(meta, "init")
+    for _, weights in iterate_lifetime(net, rule, meta, x, y, loss):
+        pass
+    return weights

@@ -1,0 +1,25 @@
+"""The meta-objective: loss after a whole lifetime on fresh query points of every task seen,
+plus the optional "remember" points replayed from the trajectory (OML)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metaplastic.losses import Loss
+from metaplastic.meta.lifetime import run_lifetime
+from metaplastic.networks import MLP
+from metaplastic.rules import Rule
+from metaplastic.tasks import Episodes
+
+
+def meta_loss(net: MLP, rule: Rule, meta: dict[str, Tensor], episodes: Episodes, loss: Loss) -> Tensor:
+    """Mean over tasks of the post-lifetime loss on query (+ remember) points."""
+    weights = run_lifetime(net, rule, meta, episodes.x, episodes.y, loss)
+    qx = episodes.query_x.flatten(1, 2)
+    qy = episodes.query_y.flatten(1, 2)
+    if episodes.remember_x.shape[1]:
+        qx = torch.cat([qx, episodes.remember_x], dim=1)
+        qy = torch.cat([qy, episodes.remember_y], dim=1)
+    output = net.forward(weights, qx).output
+    return loss.value(output, qy).mean()

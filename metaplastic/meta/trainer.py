@@ -1,0 +1,211 @@
+"""The outer loop: one Adam per meta-parameter group, clipping, divergence guard, checkpoints.
+
+A group whose learning rate is null in ``meta.lr`` is held fixed (no gradient is computed for
+it), which is how e.g. beta is fixed at 1 in the classification protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from torch import Tensor
+
+from metaplastic.config import ExperimentConfig, config_from_dict
+from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
+from metaplastic.meta.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from metaplastic.meta.experiment import Experiment
+from metaplastic.meta.objective import meta_loss
+from metaplastic.params import GROUPS, group_of
+from metaplastic.tasks import check_finite
+
+
+class MetaTrainer:
+    def __init__(self, experiment: Experiment, initial_meta: dict[str, Tensor] | None = None):
+        self.experiment = experiment
+        cfg = experiment.config
+        initial = initial_meta if initial_meta is not None else experiment.init_meta()
+        self.initial_meta = {k: v.detach().clone() for k, v in initial.items()}
+        self.meta = {k: v.detach().clone() for k, v in initial.items()}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for group in GROUPS:
+            keys = [k for k in self.meta if group_of(k) == group]
+            lr = cfg.meta.lr.get(group)
+            if not keys or lr is None:
+                continue
+            for k in keys:
+                self.meta[k].requires_grad_(True)
+            self.optimizers[group] = torch.optim.Adam([self.meta[k] for k in keys], lr=lr)
+        self.step = 0
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.experiment.config
+
+    def trainable(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.meta.items() if v.requires_grad}
+
+    def meta_step(self) -> dict[str, float]:
+        """One meta-update on a fresh meta-batch of episodes; returns its metrics."""
+        start = time.perf_counter()
+        exp = self.experiment
+        episodes = exp.training_episodes(self.step)
+        check_finite(episodes)
+        loss = meta_loss(exp.net, exp.rule, self.meta, episodes, exp.loss)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise DivergenceError(
+                f"inner loop diverged at meta-step {self.step}: meta-loss is {value}; "
+                "lower meta.lr (coef, beta) or rule.coef_init, or set meta.grad_clip"
+            )
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        metrics: dict[str, float] = {"meta_loss": value}
+        if self.optimizers:
+            loss.backward()
+            grads = {k: v.grad for k, v in self.trainable().items() if v.grad is not None}
+            for group in self.optimizers:
+                sq = [g.pow(2).sum() for k, g in grads.items() if group_of(k) == group]
+                metrics[f"grad_norm/{group}"] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+            total = math.sqrt(sum(metrics[f"grad_norm/{g}"] ** 2 for g in self.optimizers))
+            metrics["grad_norm/total"] = total
+            if not math.isfinite(total):
+                raise DivergenceError(
+                    f"meta-gradient is not finite at meta-step {self.step}; "
+                    "lower meta.lr or set meta.grad_clip"
+                )
+            clip = self.config.meta.grad_clip
+            if clip is not None and total > clip:
+                scale = clip / (total + 1e-12)
+                for g in grads.values():
+                    g.mul_(scale)
+            for opt in self.optimizers.values():
+                opt.step()
+        self.step += 1
+        metrics["step"] = self.step
+        metrics["seconds"] = time.perf_counter() - start
+        return metrics
+
+    # ---- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "meta": {k: v.detach().cpu() for k, v in self.meta.items()},
+            "initial_meta": {k: v.cpu() for k, v in self.initial_meta.items()},
+            "optimizers": {g: opt.state_dict() for g, opt in self.optimizers.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, payload: dict[str, Any], config: ExperimentConfig | None = None) -> MetaTrainer:
+        cfg = config if config is not None else config_from_dict(payload["config"])
+        experiment = Experiment.from_config(cfg)
+        device, dtype = experiment.device, cfg.torch_dtype
+        initial = {k: v.to(device=device, dtype=dtype) for k, v in payload["initial_meta"].items()}
+        trainer = cls(experiment, initial)
+        expected = set(trainer.meta)
+        if set(payload["meta"]) != expected:
+            raise CheckpointError("checkpoint meta-parameters do not match the config's network and rule")
+        with torch.no_grad():
+            for k, v in payload["meta"].items():
+                if v.shape != trainer.meta[k].shape:
+                    raise CheckpointError(f"checkpoint parameter '{k}' has shape {tuple(v.shape)}, expected {tuple(trainer.meta[k].shape)}")
+                trainer.meta[k].copy_(v.to(device=device, dtype=dtype))
+        if set(payload["optimizers"]) != set(trainer.optimizers):
+            raise CheckpointError("checkpoint optimiser groups do not match the config's meta.lr")
+        for g, state in payload["optimizers"].items():
+            trainer.optimizers[g].load_state_dict(state)
+            for group in trainer.optimizers[g].param_groups:
+                group["lr"] = cfg.meta.lr[g]
+        trainer.step = int(payload["step"])
+        return trainer
+
+
+def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += _config_differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{k}")
+    return diffs
+
+
+RESUMABLE_CHANGES = {"meta.steps", "meta.checkpoint_every", "meta.log_every", "out_dir", "device", "eval"}
+
+
+def _read_metrics(path: Path, upto: int) -> list[str]:
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= upto:
+                lines.append(line)
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: drop it and everything after
+    return lines
+
+
+def train(
+    config: ExperimentConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[MetaTrainer, dict[str, float]], None] | None = None,
+) -> MetaTrainer:
+    """Meta-train into ``config.run_dir`` (config.yaml, metrics.jsonl, checkpoint.pt)."""
+    run_dir = config.run_dir
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume to continue it or choose another out_dir")
+    if resume and ckpt.exists():
+        payload = load_checkpoint(ckpt)
+        diffs = [
+            d for d in _config_differences(payload["config"], config.to_dict())
+            if not any(d == r or d.startswith(r + ".") for r in RESUMABLE_CHANGES)
+        ]
+        if diffs:
+            raise ConfigError(f"config differs from the checkpoint in {run_dir} at '{diffs[0]}': cannot resume")
+        trainer = MetaTrainer.from_state_dict(payload, config)
+    else:
+        trainer = MetaTrainer(Experiment.from_config(config))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    metrics_path = run_dir / "metrics.jsonl"
+    kept = _read_metrics(metrics_path, trainer.step)
+    atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
+    if not ckpt.exists():
+        save_checkpoint(ckpt, trainer.state_dict())
+
+    meta_cfg = config.meta
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=meta_cfg.steps, initial=trainer.step, desc=config.name, unit="step",
+                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    try:
+        with metrics_path.open("a") as log:
+            while trainer.step < meta_cfg.steps:
+                metrics = trainer.meta_step()
+                if trainer.step % meta_cfg.log_every == 0 or trainer.step == meta_cfg.steps:
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
+                if trainer.step % meta_cfg.checkpoint_every == 0 or trainer.step == meta_cfg.steps:
+                    save_checkpoint(ckpt, trainer.state_dict())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4g}", s_per_step=f"{metrics['seconds']:.3g}")
+                if on_step is not None:
+                    on_step(trainer, metrics)
+    finally:
+        if bar is not None:
+            bar.close()
+    return trainer
