@@ -59,12 +59,14 @@ class EvalConfig:
     points_per_function: int = 100
     seed: int = 12345
     batch: int = 50
-    sgd_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
+    sgd_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.05, 0.1)
     validation_episodes: int = 20
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.points_per_function < 1 or self.batch < 1 or self.validation_episodes < 1:
-            raise ConfigError("eval.episodes, eval.points_per_function, eval.batch, eval.validation_episodes must be >= 1")
+            raise ConfigError(
+                "eval.episodes, eval.points_per_function, eval.batch, eval.validation_episodes must be >= 1"
+            )
         if not self.sgd_lrs:
             raise ConfigError("eval.sgd_lrs must list at least one learning rate")
 
@@ -101,11 +103,16 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _chain:
+        raise ConfigError(f"config {path} inherits from itself through 'base:'")
     try:
         data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -116,7 +123,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config {path} must be a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        merged = _read_yaml((path.parent / str(base)).resolve())
+        merged = _read_yaml((path.parent / str(base)).resolve(), (*_chain, resolved))
         data = deep_merge(merged, data)
     return data
 
@@ -125,7 +132,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in update.items():
         # A rule/task section that changes its name starts from a clean slate.
-        same_kind = not (isinstance(v, dict) and "name" in v and isinstance(out.get(k), dict) and out[k].get("name") != v["name"])
+        same_kind = not (
+            isinstance(v, dict) and "name" in v and isinstance(out.get(k), dict) and out[k].get("name") != v["name"]
+        )
         if isinstance(v, dict) and isinstance(out.get(k), dict) and same_kind:
             out[k] = deep_merge(out[k], v)
         else:
@@ -164,10 +173,12 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     from metaplastic.rules import build_rule
     from metaplastic.tasks import build_task
 
-    cfg = build_dataclass(ExperimentConfig, data, "config")
-    build_task(cfg.task)
-    build_rule(cfg.rule)
-    return cfg
+    cfg = build_dataclass(ExperimentConfig, data, "")
+    # Store the task and rule sections complete, with every default spelled out and values
+    # coerced to their declared types: the saved config.yaml and checkpoint then describe the
+    # run fully, and ``coef_init=1e-4`` (a string to YAML 1.1), ``0.0001`` or leaving a default
+    # implicit all give equal configs, so resuming is not blocked by spelling.
+    return dataclasses.replace(cfg, task=to_plain(build_task(cfg.task)), rule=to_plain(build_rule(cfg.rule)))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

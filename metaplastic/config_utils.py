@@ -89,22 +89,28 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 def build_dataclass(cls: type, data: Any, path: str) -> Any:
     """Instantiate ``cls`` from ``data``, rejecting unknown keys and coercing types."""
+    section = path or "config"
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config section '{path}' must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config section '{section}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown key '{path}.{unknown[0]}' (known keys of '{path}': {', '.join(sorted(fields))})"
+            f"unknown key '{_join(path, unknown[0])}' (known keys of {section}: {', '.join(sorted(fields))})"
         )
-    kwargs = {name: _coerce(value, hints[name], f"{path}.{name}") for name, value in data.items()}
+    kwargs = {name: _coerce(value, hints[name], _join(path, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"config section '{path}': {e}") from None
+        raise ConfigError(f"config section '{section}': {e}") from None
+
+
+def _join(path: str, key: str) -> str:
+    """Dotted key as a user would type it in an override (the top level has no prefix)."""
+    return f"{path}.{key}" if path else key
 
 
 def to_plain(obj: Any) -> Any:

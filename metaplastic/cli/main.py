@@ -1,5 +1,99 @@
-"""Command-line entry point (placeholder until the CLI module is written)."""
+"""``metaplastic`` command line: train, evaluate, suite.
+
+Errors caused by input (configs, data, checkpoints, a diverging run) print one line
+``error: ...`` on stderr and exit with status 2; nothing is lost, since checkpoints are written
+atomically and ``--resume`` continues a stopped run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from metaplastic.errors import MetaplasticError
 
 
-def main() -> None:
-    raise SystemExit("not yet")
+def _train(args: argparse.Namespace) -> None:
+    from metaplastic.config import load_config
+    from metaplastic.meta.trainer import train
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    cfg = load_config(args.config, overrides)
+    trainer = train(cfg, resume=args.resume, progress=not args.no_progress)
+    last = trainer.step
+    print(f"meta-trained {cfg.name} for {last} steps; checkpoint: {cfg.run_dir / 'checkpoint.pt'}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from metaplastic.evaluation.checkpoint_eval import evaluate_checkpoint
+    from metaplastic.evaluation.report import format_table, plot_curves, write_json
+
+    ckpt = Path(args.checkpoint)
+    experiment, results = evaluate_checkpoint(ckpt, references=not args.no_references, device=args.device)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    print(format_table(results))
+    write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
+    plot_curves(results, out / "evaluation.png", title=experiment.config.name)
+    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+
+
+def _suite(args: argparse.Namespace) -> None:
+    from metaplastic.suite import run_suite
+
+    overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
+    run_suite(args.suite, overrides, progress=not args.no_progress, out_dir=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metaplastic", description="Meta-learn local plasticity rules.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="meta-train a config")
+    p.add_argument("config", help="YAML config (see experiments/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. meta.steps=100 rule.form=hebb")
+    p.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
+    p.add_argument("--out", help="run folder (default runs/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: the config's)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint (file or run folder)")
+    p.add_argument("checkpoint")
+    p.add_argument("--no-references", action="store_true", help="skip the untrained and online-SGD references")
+    p.add_argument("--out", help="folder for evaluation.json/png (default: the checkpoint's folder)")
+    p.add_argument("--device", help="torch device to evaluate on (default: the config's)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("suite", help="train and evaluate the runs of a suite file, print a comparison")
+    p.add_argument("suite", help="suite YAML (e.g. experiments/quick.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    p.add_argument("--out", help="output folder (default: the suite's out_dir)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", help="torch device for every run")
+    p.set_defaults(func=_suite)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from metaplastic.runtime import keep_freed_memory
+
+    args = build_parser().parse_args(argv)
+    keep_freed_memory()
+    try:
+        args.func(args)
+    except MetaplasticError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,12 +3,18 @@
 Plastic weights start as the shared meta-learned initial weights; the first update broadcasts
 them to one copy per task, so a meta-batch of T tasks costs one batched matmul per layer and
 no Python loop over tasks. Frozen layers stay shared for the whole lifetime.
+
+``run_lifetime`` takes a rule's fused path when the rule has one (``rule.fused_lifetime``,
+same values, one autograd node for the whole lifetime) and a meta-gradient is being recorded;
+``use_fused_lifetime(False)`` turns that off, e.g. to compare against the step-by-step graph.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 from torch import Tensor
 
 from metaplastic.errors import ShapeError
@@ -44,8 +50,36 @@ def iterate_lifetime(
         yield step, weights
 
 
+_FUSED = {"enabled": True}
+
+
+@contextmanager
+def use_fused_lifetime(enabled: bool) -> Iterator[None]:
+    """Enable or disable rules' fused lifetime paths inside the block."""
+    previous = _FUSED["enabled"]
+    _FUSED["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _FUSED["enabled"] = previous
+
+
+def _takes_fused_path(rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor) -> bool:
+    return (
+        _FUSED["enabled"]
+        and hasattr(rule, "fused_lifetime")
+        and torch.is_grad_enabled()
+        and x.shape[1] > 0
+        and any(v.requires_grad for v in meta.values())
+        and not (x.requires_grad or y.requires_grad)
+    )
+
+
 def run_lifetime(net: MLP, rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss) -> dict[str, Tensor]:
     """Weights at the end of the lifetime."""
+    if _takes_fused_path(rule, meta, x, y):
+        check_stream(net, x, y)
+        return rule.fused_lifetime(net, meta, x, y, loss)
     weights = select(meta, "init")
     for _, weights in iterate_lifetime(net, rule, meta, x, y, loss):
         pass

@@ -10,8 +10,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -77,8 +78,7 @@ class MetaTrainer:
             metrics["grad_norm/total"] = total
             if not math.isfinite(total):
                 raise DivergenceError(
-                    f"meta-gradient is not finite at meta-step {self.step}; "
-                    "lower meta.lr or set meta.grad_clip"
+                    f"meta-gradient is not finite at meta-step {self.step}; lower meta.lr or set meta.grad_clip"
                 )
             clip = self.config.meta.grad_clip
             if clip is not None and total > clip:
@@ -115,7 +115,10 @@ class MetaTrainer:
         with torch.no_grad():
             for k, v in payload["meta"].items():
                 if v.shape != trainer.meta[k].shape:
-                    raise CheckpointError(f"checkpoint parameter '{k}' has shape {tuple(v.shape)}, expected {tuple(trainer.meta[k].shape)}")
+                    raise CheckpointError(
+                        f"checkpoint parameter '{k}' has shape {tuple(v.shape)}, "
+                        f"expected {tuple(trainer.meta[k].shape)}"
+                    )
                 trainer.meta[k].copy_(v.to(device=device, dtype=dtype))
         if set(payload["optimizers"]) != set(trainer.optimizers):
             raise CheckpointError("checkpoint optimiser groups do not match the config's meta.lr")
@@ -164,11 +167,14 @@ def train(
     run_dir = config.run_dir
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists() and not resume:
-        raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume to continue it or choose another out_dir")
+        raise ConfigError(
+            f"{run_dir} already holds a checkpoint: pass --resume to continue it or choose another out_dir"
+        )
     if resume and ckpt.exists():
         payload = load_checkpoint(ckpt)
         diffs = [
-            d for d in _config_differences(payload["config"], config.to_dict())
+            d
+            for d in _config_differences(payload["config"], config.to_dict())
             if not any(d == r or d.startswith(r + ".") for r in RESUMABLE_CHANGES)
         ]
         if diffs:
@@ -189,8 +195,15 @@ def train(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=meta_cfg.steps, initial=trainer.step, desc=config.name, unit="step",
-                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(
+            total=meta_cfg.steps,
+            initial=trainer.step,
+            desc=config.name,
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
     try:
         with metrics_path.open("a") as log:
             while trainer.step < meta_cfg.steps:

@@ -6,7 +6,8 @@ pre-activation; keeping both in one table avoids a second source of truth.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

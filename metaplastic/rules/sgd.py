@@ -42,12 +42,16 @@ class SGDRule:
     def prepare(self, net: MLP, meta: dict[str, Tensor]) -> dict[str, Tensor]:
         return prefixed(select(meta, "lr"), "lr")
 
-    def gradients(self, net: MLP, weights: dict[str, Tensor], trace: Trace, target: Tensor, loss: Loss) -> dict[str, Tensor]:
+    def gradients(
+        self, net: MLP, weights: dict[str, Tensor], trace: Trace, target: Tensor, loss: Loss
+    ) -> dict[str, Tensor]:
         """Per-task gradients of the minibatch loss w.r.t. the plastic weights and biases."""
         plastic = net.plastic_layers
         lowest = min(plastic)
         last = len(net.layers) - 1
-        delta = loss.output_grad(trace.output, target) * get_activation(net.layers[last].activation).derivative(trace.pre[last])
+        delta = loss.output_grad(trace.output, target) * get_activation(net.layers[last].activation).derivative(
+            trace.pre[last]
+        )
         grads = {}
         for l in range(last, lowest - 1, -1):
             if net.layers[l].plastic:

@@ -28,9 +28,7 @@ class Episodes(NamedTuple):
     boundaries: tuple[int, ...]
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Episodes:
-        return Episodes(
-            *(t.to(device=device, dtype=dtype) for t in self[:6]), boundaries=self.boundaries
-        )
+        return Episodes(*(t.to(device=device, dtype=dtype) for t in self[:6]), boundaries=self.boundaries)
 
 
 def check_finite(episodes: Episodes) -> None:

@@ -76,7 +76,9 @@ class SineRegression:
     def sample(self, n_tasks: int, generator: torch.Generator, query_per_function: int | None = None) -> Episodes:
         """Draw ``n_tasks`` episodes in float64 on the CPU (cast with ``Episodes.to``)."""
         T, F, S, B = n_tasks, self.n_functions, self.steps_per_function, self.batch_size
-        Q = query_per_function or self.query_per_function
+        Q = self.query_per_function if query_per_function is None else query_per_function
+        if Q < 1:
+            raise ConfigError(f"query_per_function must be >= 1, got {Q}")
         g = generator
         amp = self._uniform((T, F, 1), self.amplitude, g)
         phase = self._uniform((T, F, 1), self.phase, g)

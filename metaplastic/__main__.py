@@ -1,0 +1,5 @@
+import sys
+
+from metaplastic.cli.main import main
+
+sys.exit(main())

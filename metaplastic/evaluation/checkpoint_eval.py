@@ -1,0 +1,48 @@
+"""Evaluate a saved checkpoint, optionally beside its references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metaplastic.config import config_from_dict
+from metaplastic.evaluation.references import evaluate_online_sgd
+from metaplastic.evaluation.regression import evaluate_rule
+from metaplastic.meta.checkpoint import load_checkpoint
+from metaplastic.meta.experiment import Experiment
+from metaplastic.meta.trainer import MetaTrainer
+from metaplastic.rules import FLPRule, SGDRule
+
+
+def rule_label(rule: Any) -> str:
+    if isinstance(rule, FLPRule):
+        return f"FLP-{rule.form.capitalize()}"
+    if isinstance(rule, SGDRule):
+        return "OML (first-order)" if rule.first_order else "OML"
+    return str(getattr(rule, "name", type(rule).__name__))
+
+
+def evaluate_trained(trainer: MetaTrainer, label: str | None = None, untrained: bool = True) -> dict[str, Any]:
+    """The meta-trained rule and, if asked, the same rule from its initial meta-parameters."""
+    exp = trainer.experiment
+    ev = exp.config.eval
+    label = label or rule_label(exp.rule)
+    args = (exp.task, exp.loss, ev.episodes, ev.points_per_function, ev.seed, ev.batch)
+    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_rule(exp.net, exp.rule, trainer.meta, *args)}
+    if untrained:
+        results[f"{label} untrained init"] = evaluate_rule(exp.net, exp.rule, trainer.initial_meta, *args)
+    return results
+
+
+def evaluate_checkpoint(
+    path: str | Path, references: bool = True, device: str | None = None
+) -> tuple[Experiment, dict[str, Any]]:
+    payload = load_checkpoint(path)
+    config = config_from_dict(payload["config"])
+    if device:
+        config = config.replace(device=device)
+    trainer = MetaTrainer.from_state_dict(payload, config)
+    results = evaluate_trained(trainer, untrained=references)
+    if references:
+        results["online SGD, random init"] = evaluate_online_sgd(trainer.experiment)
+    return trainer.experiment, results

@@ -1,0 +1,111 @@
+"""Evaluation of a rule on regression streams (sine protocol).
+
+For every episode, after each task boundary k of the stream (after function k has been
+presented, in continual order), the MSE on held-out points of every function is recorded:
+M[episode, k, f]. From it:
+
+- final MSE:            mean_f M[:, K-1, f]           (all functions, end of lifetime)
+- per-function MSE:     M[:, K-1, f]                  (the forgetting profile)
+- curve (continual):    mean_{f <= k} M[:, k, f]      (functions seen so far, after function k)
+- curve (iid):          mean_f M[:, k, f]             (all functions, after the same number of steps)
+
+Means are over episodes with standard errors. Every method is scored on identical episodes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaplastic.losses import Loss
+from metaplastic.meta.experiment import seeded_generator
+from metaplastic.meta.lifetime import iterate_lifetime
+from metaplastic.networks import MLP
+from metaplastic.rules import Rule
+
+
+def _mean_se(x: Tensor) -> tuple[float, float]:
+    n = x.shape[0]
+    mean = float(x.mean())
+    se = float(x.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+    return mean, se
+
+
+@torch.no_grad()
+def boundary_errors(
+    net: MLP,
+    rule: Rule,
+    meta: dict[str, Tensor],
+    task: Any,
+    loss: Loss,
+    episodes: int,
+    points: int,
+    seed: int,
+    batch: int,
+) -> Tensor:
+    """M (episodes, boundaries, functions): held-out MSE per function after each boundary."""
+    device = next(iter(meta.values())).device
+    dtype = next(iter(meta.values())).dtype
+    blocks = []
+    done = 0
+    while done < episodes:
+        n = min(batch, episodes - done)
+        ep = task.sample(n, seeded_generator(seed, done), query_per_function=points).to(device, dtype)
+        T, F, Q, _ = ep.query_x.shape
+        qx = ep.query_x.flatten(1, 2)
+        boundaries = set(ep.boundaries)
+        rows = []
+        for step, weights in iterate_lifetime(net, rule, meta, ep.x, ep.y, loss):
+            if step + 1 in boundaries:
+                out = net.forward(weights, qx).output.view(T, F, Q, -1)
+                rows.append(((out - ep.query_y) ** 2).mean(dim=(-2, -1)))
+        blocks.append(torch.stack(rows, dim=1).cpu().double())
+        done += n
+    return torch.cat(blocks, dim=0)
+
+
+def summarize(errors: Tensor, order: str) -> dict[str, Any]:
+    n_eps, K, F = errors.shape
+    final = errors[:, -1, :]
+    mean, se = _mean_se(final.mean(-1))
+    per_fn = [_mean_se(final[:, f]) for f in range(F)]
+    curve = []
+    for k in range(K):
+        seen = errors[:, k, : k + 1] if order == "continual" else errors[:, k, :]
+        curve.append(_mean_se(seen.mean(-1)))
+    if not math.isfinite(mean):
+        mean = float("nan")
+    return {
+        "mse": mean,
+        "mse_se": se,
+        "per_function_mse": [m for m, _ in per_fn],
+        "per_function_se": [s for _, s in per_fn],
+        "curve": [m for m, _ in curve],
+        "curve_se": [s for _, s in curve],
+        "episodes": n_eps,
+    }
+
+
+def evaluate_rule(
+    net: MLP,
+    rule: Rule,
+    meta: dict[str, Tensor],
+    task: Any,
+    loss: Loss,
+    episodes: int,
+    points: int,
+    seed: int,
+    batch: int,
+    orders: tuple[str, ...] = ("continual", "iid"),
+) -> dict[str, Any]:
+    """Summaries for each presentation order, on episodes drawn from ``seed``."""
+    results = {}
+    for order in orders:
+        # Episodes depend on (seed, order) only, so every method sees the same ones.
+        episode_seed = seed * 7919 + ("continual", "iid").index(order)
+        errors = boundary_errors(net, rule, meta, task.with_order(order), loss, episodes, points, episode_seed, batch)
+        results[order] = summarize(errors, order)
+    return results

@@ -1,0 +1,65 @@
+"""Result tables, plots and JSON files for evaluations of several methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from metaplastic.meta.checkpoint import atomic_write_text
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per method: continual and i.i.d. final MSE (mean ± standard error)."""
+    name_w = max(len("method"), *(len(n) for n in results))
+    header = f"{'method':<{name_w}}  {'continual MSE':>17}  {'i.i.d. MSE':>17}"
+    lines = [header, "-" * len(header)]
+    for name, res in results.items():
+        cells = []
+        for order in ("continual", "iid"):
+            r = res.get(order)
+            cells.append(f"{r['mse']:8.4f} ± {r['mse_se']:6.4f}" if r else f"{'-':>17}")
+        lines.append(f"{name:<{name_w}}  {cells[0]:>17}  {cells[1]:>17}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> None:
+    """MSE on functions learned so far (continual) and on all functions (i.i.d.) after each function."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, order, label in (
+        (axes[0], "continual", "MSE on functions learned so far"),
+        (axes[1], "iid", "MSE on all functions"),
+    ):
+        for name, res in results.items():
+            r = res.get(order)
+            if not r:
+                continue
+            k = list(range(1, len(r["curve"]) + 1))
+            lo = [m - s for m, s in zip(r["curve"], r["curve_se"])]
+            hi = [m + s for m, s in zip(r["curve"], r["curve_se"])]
+            (line,) = ax.plot(k, r["curve"], marker="o", ms=3, label=name)
+            ax.fill_between(k, lo, hi, color=line.get_color(), alpha=0.2)
+        ax.set_title(f"{order}: {label}")
+        ax.set_xlabel("functions learned")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out MSE")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,109 @@
+"""CLI: a tiny config trains, evaluates and runs as a suite; bad input gives one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaplastic.cli.main import main
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "task": {"name": "sine", "n_functions": 3, "steps_per_function": 2, "batch_size": 4, "query_per_function": 4},
+    "network": {"hidden": [8, 8]},
+    "rule": {"name": "flp", "coef_init": 0.01},
+    "meta": {"steps": 3, "meta_batch": 2, "checkpoint_every": 2, "log_every": 1,
+             "lr": {"init": 1.0e-3, "feedback": 1.0e-3, "coef": 1.0e-5, "beta": 1.0e-3}},
+    "eval": {"episodes": 4, "points_per_function": 5, "batch": 2, "validation_episodes": 2, "sgd_lrs": [0.01, 0.1]},
+}
+
+
+def write(path: Path, data: dict | str) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metaplastic", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write(tmp_path / "tiny.yaml", TINY)
+    run_dir = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run_dir), "--no-progress"]) == 0
+    assert (run_dir / "checkpoint.pt").is_file()
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert main(["evaluate", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "continual MSE" in out and "online SGD" in out and "untrained init" in out
+    data = json.loads((run_dir / "evaluation.json").read_text())
+    assert len(data["results"]) == 3
+    for res in data["results"].values():
+        assert res["continual"]["mse"] > 0 and len(res["continual"]["curve"]) == 3
+    assert (run_dir / "evaluation.png").stat().st_size > 1000
+
+
+def test_train_refuses_to_overwrite_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write(tmp_path / "tiny.yaml", TINY)
+    run_dir = tmp_path / "run"
+    assert main(["train", str(cfg), "meta.steps=2", "--out", str(run_dir), "--no-progress"]) == 0
+    assert main(["train", str(cfg), "meta.steps=3", "--out", str(run_dir), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", str(cfg), "meta.steps=3", "--out", str(run_dir), "--no-progress", "--resume"]) == 0
+    assert "for 3 steps" in capsys.readouterr().out
+
+
+def test_suite_writes_table_json_and_plot(tmp_path: Path) -> None:
+    write(tmp_path / "flp.yaml", TINY)
+    oml = {**TINY, "network": {"hidden": [8, 8], "plastic": [1, 2]},
+           "rule": {"name": "sgd", "lr_init": 0.05}, "meta": {**TINY["meta"], "lr": {"init": 1.0e-3}}}
+    write(tmp_path / "oml.yaml", oml)
+    suite = write(tmp_path / "suite.yaml", {"name": "s", "runs": {"FLP": "flp.yaml", "OML": "oml.yaml"}})
+    out = tmp_path / "out"
+    assert main(["suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    names = list(data["results"])
+    assert len(names) == 5
+    assert names[0].startswith("FLP meta-trained") and names[2].startswith("OML meta-trained")
+    assert names[4].startswith("online SGD")
+    assert (out / "mse_vs_functions.png").stat().st_size > 1000
+    # A second run resumes finished runs instead of retraining or failing.
+    assert main(["suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize(
+    "content, overrides, expected",
+    [
+        ("task: [unclosed\n", [], "malformed YAML"),
+        (yaml.safe_dump({**TINY, "metaa": {"steps": 2}}), [], "unknown key 'metaa'"),
+        (yaml.safe_dump({**TINY, "rule": {"name": "flp", "fomr": "oja"}}), [], "unknown key 'rule.fomr'"),
+        (yaml.safe_dump({**TINY, "rule": {"name": "backpropp"}}), [], "unknown rule 'backpropp'"),
+        (yaml.safe_dump(TINY), ["meta.steps=many"], "meta.steps: expected an integer"),
+        (yaml.safe_dump(TINY), ["network.hidden=[4, 0]"], "network sizes"),
+    ],
+)
+def test_bad_config_gives_one_line_error(tmp_path: Path, content: str, overrides: list[str], expected: str) -> None:
+    cfg = write(tmp_path / "bad.yaml", content)
+    proc = run_cli("train", str(cfg), *overrides, "--out", str(tmp_path / "run"), "--no-progress")
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and expected in err
+
+
+def test_missing_and_corrupt_checkpoint_give_one_line_errors(tmp_path: Path) -> None:
+    proc = run_cli("evaluate", str(tmp_path / "nothing.pt"))
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: checkpoint not found")
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = run_cli("evaluate", str(bad))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read checkpoint" in proc.stderr
