@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,12 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         cells = []
         for order in ("continual", "iid"):
             r = res.get(order)
-            cells.append(f"{r['mse']:8.4f} ± {r['mse_se']:6.4f}" if r else f"{'-':>17}")
+            if not r:
+                cells.append(f"{'-':>17}")
+            elif math.isfinite(r["mse"]):
+                cells.append(f"{r['mse']:8.4f} ± {r['mse_se']:6.4f}")
+            else:
+                cells.append(f"{'diverged':>17}")
         lines.append(f"{name:<{name_w}}  {cells[0]:>17}  {cells[1]:>17}")
     return "\n".join(lines)
 

@@ -207,7 +207,10 @@ def train(
     try:
         with metrics_path.open("a") as log:
             while trainer.step < meta_cfg.steps:
-                metrics = trainer.meta_step()
+                try:
+                    metrics = trainer.meta_step()
+                except DivergenceError as e:
+                    raise DivergenceError(f"{e} (last checkpoint intact: {ckpt})") from None
                 if trainer.step % meta_cfg.log_every == 0 or trainer.step == meta_cfg.steps:
                     log.write(json.dumps(metrics) + "\n")
                     log.flush()

@@ -27,7 +27,7 @@ from metaplastic.losses import Loss
 from metaplastic.networks import MLP, Trace, bias_key, get_activation, weight_key
 from metaplastic.params import prefixed, select
 from metaplastic.rules.coefficients import check_scope, coefficient_shapes, layer_coefficients
-from metaplastic.rules.hebbian_update import hebbian_bias_update, hebbian_lifetime, hebbian_update
+from metaplastic.rules.hebbian_update import activation_vjp, hebbian_bias_update, hebbian_lifetime, hebbian_update
 
 
 def _inverse_softplus(y: float) -> float:
@@ -153,15 +153,70 @@ class FLPRule:
         return new
 
     # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------
+    def targets_vjp(
+        self,
+        net: MLP,
+        prepared: dict[str, Tensor],
+        trace: Trace,
+        target: Tensor,
+        grad_targets: dict[int, Tensor],
+        wanted: set[str],
+    ) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
+        """Backward of ``targets`` by hand. Given dL/dt_l, returns dL/d(post-activation) per layer
+        (the output is ``trace.post[-1]``) and the gradients of the prepared feedback and beta
+        parameters named in ``wanted``."""
+        act = self.feedback_activation
+        phi = get_activation(act).fn
+        depth = len(self.feedback_hidden) + 1
+        signal = target - trace.output if self.signal == "error" else target
+        through_signal = self.signal == "error"
+        grad_post: dict[int, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+        grad_signal: Tensor | None = None
+        for l, grad_t in grad_targets.items():
+            if not self._uses_feedback(net, l):
+                grad_signal = grad_t if grad_signal is None else grad_signal + grad_t
+                continue
+            beta = prepared[f"beta.{l}"]
+            f, f_in, z_pre = signal, [], []
+            for k in range(depth):
+                f_in.append(f)
+                z = torch.matmul(f, prepared[f"feedback.{l}.{k}.weight"].t()) + prepared[f"feedback.{l}.{k}.bias"]
+                z_pre.append(z)
+                f = phi(z)
+            if f"beta.{l}" in wanted:
+                grads[f"beta.{l}"] = (grad_t * (f - trace.post[l])).sum()
+            grad_post[l] = (1.0 - beta) * grad_t
+            g = beta * grad_t
+            for k in range(depth - 1, -1, -1):
+                wk, bk = f"feedback.{l}.{k}.weight", f"feedback.{l}.{k}.bias"
+                g_z = activation_vjp(act, g, z_pre[k])
+                if wk in wanted:
+                    grads[wk] = g_z.reshape(-1, g_z.shape[-1]).t() @ f_in[k].reshape(-1, f_in[k].shape[-1])
+                if bk in wanted:
+                    grads[bk] = g_z.reshape(-1, g_z.shape[-1]).sum(0)
+                if k or through_signal:
+                    g = torch.matmul(g_z, prepared[wk])
+            if through_signal:
+                grad_signal = g if grad_signal is None else grad_signal + g
+        if through_signal and grad_signal is not None:
+            out = len(net.layers) - 1
+            grad_post[out] = -grad_signal if out not in grad_post else grad_post[out] - grad_signal
+        return grad_post, grads
+
     def fused_lifetime(
         self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss
     ) -> dict[str, Tensor]:
         """Weights at the end of a lifetime, the same values as iterating ``step``, as one
-        autograd node with a hand-written adjoint for the weight-sized updates (see
-        ``hebbian_lifetime``): much less time and memory for the meta-gradient."""
+        autograd node with a hand-written backward (see ``hebbian_lifetime``): much less time
+        and memory for the meta-gradient."""
         def targets(prepared: dict[str, Tensor], trace: Trace, target: Tensor) -> dict[int, Tensor]:
             return self.targets(net, prepared, trace, target)
 
+        def targets_vjp(prepared, trace, target, grad_targets, wanted):  # type: ignore[no-untyped-def]
+            return self.targets_vjp(net, prepared, trace, target, grad_targets, wanted)
+
         return hebbian_lifetime(
-            net, targets, select(meta, "init"), self.prepare(net, meta), x, y, self.form == "oja", self.plastic_bias
+            net, targets, targets_vjp, select(meta, "init"), self.prepare(net, meta), x, y,
+            self.form == "oja", self.plastic_bias,
         )

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from metaplastic.networks import MLP, Trace, bias_key, weight_key
+from metaplastic.networks import MLP, Trace, bias_key, get_activation, weight_key
 
 
 def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
@@ -109,26 +109,40 @@ def hebbian_bias_update(b: Tensor, p: Tensor, t: Tensor, oja: bool) -> Tensor:
 
 # ---- a whole lifetime as one autograd node ------------------------------------------------
 Targets = Callable[[dict[str, Tensor], Trace, Tensor], dict[int, Tensor]]
+TargetsVJP = Callable[
+    [dict[str, Tensor], Trace, Tensor, dict[int, Tensor], set[str]],
+    tuple[dict[int, Tensor], dict[str, Tensor]],
+]
+
+
+def activation_vjp(name: str, grad: Tensor, pre: Tensor) -> Tensor:
+    """dL/da from dL/dphi(a) for a named activation, given the pre-activation a."""
+    if name == "relu":
+        return torch.ops.aten.threshold_backward(grad, pre, 0)
+    if name == "identity":
+        return grad
+    return grad * get_activation(name).derivative(pre)
+
+
+def _add(a: Tensor | None, b: Tensor) -> Tensor:
+    return b if a is None else a + b
 
 
 @dataclass(frozen=True)
 class _LifetimeSpec:
     net: MLP
     targets: Targets
+    targets_vjp: TargetsVJP
     oja: bool
     plastic_bias: bool
     weight_keys: tuple[str, ...]
     prepared_keys: tuple[str, ...]
 
     @property
-    def plastic(self) -> list[int]:
-        return self.net.plastic_layers
-
-    @property
     def state_keys(self) -> list[str]:
         """The weights that change during the lifetime."""
         keys = []
-        for l in self.plastic:
+        for l in self.net.plastic_layers:
             keys.append(weight_key(l))
             if self.plastic_bias:
                 keys.append(bias_key(l))
@@ -183,7 +197,7 @@ class _HebbianLifetime(torch.autograd.Function):
         weights = dict(zip(spec.weight_keys, tensors[:n_w]))
         prepared = dict(zip(spec.prepared_keys, tensors[n_w:]))
         state_keys = spec.state_keys
-        saved: list[Tensor] = []  # per step: pre-activations, then the state (from step 1 on)
+        saved: list[Tensor] = []  # per step: the state (from step 1 on), then the pre-activations
         n_steps = x.shape[1]
         for step in range(n_steps):
             if step:
@@ -192,7 +206,7 @@ class _HebbianLifetime(torch.autograd.Function):
             saved.extend(trace.pre)
             targets = spec.targets(prepared, trace, y[:, step])
             new = {}
-            for l in spec.plastic:
+            for l in spec.net.plastic_layers:
                 wk, t = weight_key(l), targets[l]
                 new[wk] = _hebbian_forward(weights[wk], prepared[f"coef.{l}.weight"], t, trace.inputs[l], spec.oja)
                 if spec.plastic_bias:
@@ -210,6 +224,7 @@ class _HebbianLifetime(torch.autograd.Function):
         spec: _LifetimeSpec = ctx.spec
         net, oja = spec.net, spec.oja
         n_layers = len(net.layers)
+        last = n_layers - 1
         saved = ctx.saved_tensors
         x, y = saved[0], saved[1]
         n_w, n_p = len(spec.weight_keys), len(spec.prepared_keys)
@@ -220,150 +235,124 @@ class _HebbianLifetime(torch.autograd.Function):
         n_state = len(state_keys)
         n_tasks = x.shape[0]
         init = dict(zip(spec.weight_keys, inputs[:n_w]))
+        prepared = dict(zip(spec.prepared_keys, inputs[n_w:]))
         need_w = dict(zip(spec.weight_keys, needs[:n_w]))
         need_p = dict(zip(spec.prepared_keys, needs[n_w:]))
-        plastic = spec.plastic
+        plastic = net.plastic_layers
         plastic_set = set(plastic)
-        coef_keys = {f"coef.{l}.weight" for l in plastic}
+        acts = [spec.activation for spec in net.layers]
+        coef_keys = {f"coef.{l}.{kind}" for l in plastic for kind in ("weight", "bias")}
+        wanted = {k for k in spec.prepared_keys if need_p[k] and k not in coef_keys}
 
-        def step_slices(step: int) -> tuple[dict[str, Tensor], list[Tensor]]:
-            """The state before step ``step`` and that step's pre-activations."""
-            begin = step * (n_layers + n_state) - n_state if step else 0
-            if step:
-                state = dict(zip(state_keys, per_step[begin:begin + n_state]))
-                begin += n_state
-            else:
-                state = {k: init[k] for k in state_keys}
-            return state, list(per_step[begin:begin + n_layers])
-
-        # Leaves of the one-step graphs: small meta-parameters shared by all steps.
-        shared: dict[str, Tensor] = {}
-        base_weights: dict[str, Tensor] = {}
-        for k, v in init.items():
-            if k not in state_keys and k.endswith("bias") and need_w[k]:
-                shared[k] = base_weights[k] = v.detach().requires_grad_(True)
-            else:
-                base_weights[k] = v.detach()
-        prepared: dict[str, Tensor] = {}
-        for k, v in zip(spec.prepared_keys, inputs[n_w:]):
-            if k not in coef_keys and need_p[k]:
-                shared[k] = prepared[k] = v.detach().requires_grad_(True)
-            else:
-                prepared[k] = v.detach()
-        shared_grads: dict[str, Tensor | None] = dict.fromkeys(shared)
-
-        # Adjoints of the plastic state; hand-accumulated gradients of weight-sized inputs.
+        # Adjoints of the plastic state (dL/d state after the step being processed).
         adj: dict[str, Tensor] = {}
         for k, g in zip(state_keys, grad_state):
             shape = (n_tasks, *init[k].shape)
             if g is None:
                 adj[k] = init[k].new_zeros(shape)
-            elif k.endswith("weight"):
-                adj[k] = g.expand(shape).clone(memory_format=torch.contiguous_format)
             else:
-                adj[k] = g
-        scratch_d = {l: torch.empty_like(adj[weight_key(l)]) for l in plastic}
-        grad_coef: dict[int, Tensor | None] = {}
+                adj[k] = g.expand(shape).clone(memory_format=torch.contiguous_format)
+        # Gradients accumulated over the lifetime.
+        grads: dict[str, Tensor | None] = dict.fromkeys(spec.weight_keys + spec.prepared_keys)
         for l in plastic:
             ck = f"coef.{l}.weight"
-            grad_coef[l] = torch.zeros_like(prepared[ck]) if need_p[ck] else None
-        scratch_m = {
-            l: torch.empty_like(adj[weight_key(l)]) for l in plastic if oja or grad_coef[l] is not None
-        }
-        frozen_grad = {
-            weight_key(l): torch.zeros_like(init[weight_key(l)])
-            for l in range(n_layers)
-            if l not in plastic_set and need_w[weight_key(l)]
-        }
-        pre_layers = [l for l in range(n_layers) if l in plastic_set or weight_key(l) in frozen_grad]
+            if need_p[ck]:
+                grads[ck] = torch.zeros_like(prepared[ck])
+        for l in range(n_layers):
+            if l not in plastic_set and need_w[weight_key(l)]:
+                grads[weight_key(l)] = torch.zeros_like(init[weight_key(l)])
+        # Scratch buffers, shared by all layers.
+        largest = max(init[weight_key(l)].numel() for l in plastic) if plastic else 0
+        buf_d = init[state_keys[0]].new_empty(n_tasks * largest) if plastic else None
+        buf_m = init[state_keys[0]].new_empty(n_tasks * largest) if plastic else None
 
-        import time as _t
-        global TIMES
-        TIMES = [0.0]*5
+        def scratch(buf: Tensor, l: int) -> Tensor:
+            shape = (n_tasks, *init[weight_key(l)].shape)
+            return buf[: n_tasks * init[weight_key(l)].numel()].view(shape)
+
+        lowest = min(
+            [*plastic, *(l for l in range(n_layers) if need_w[weight_key(l)] or need_w[bias_key(l)])],
+            default=n_layers,
+        )
+
         for step in range(ctx.n_steps - 1, -1, -1):
-            _c0 = _t.perf_counter()
-            state, pre = step_slices(step)
-            bias_leaves: dict[str, Tensor] = {}
-            with torch.enable_grad():
-                weights = dict(base_weights)
-                for k, v in state.items():
-                    if k.endswith("bias"):
-                        v = bias_leaves[k] = v.detach().requires_grad_(True)
-                    weights[k] = v
-                # The input as a leaf puts every pre-activation in the graph.
-                trace = net.replay(weights, x[:, step].detach().requires_grad_(True), pre)
-                targets = spec.targets(prepared, trace, y[:, step])
-                new_bias = {}
-                if spec.plastic_bias:
-                    for l in plastic:
-                        new_bias[bias_key(l)] = hebbian_bias_update(
-                            weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l], oja
-                        )
-            _c1 = _t.perf_counter()
-            outs: list[Tensor] = []
-            grads_out: list[Tensor] = []
+            begin = step * (n_state + n_layers) - n_state if step else 0
+            if step:
+                state = dict(zip(state_keys, per_step[begin:begin + n_state]))
+                begin += n_state
+            else:
+                state = {k: init[k] for k in state_keys}
+            weights = {**init, **state}
+            pre = per_step[begin:begin + n_layers]
+            post = [get_activation(acts[l]).fn(pre[l]) for l in range(n_layers)]
+            trace = Trace(post[-1], [x[:, step], *post[:-1]], list(pre), post)
+            y_step = y[:, step]
+            targets = spec.targets(prepared, trace, y_step)
+
+            # Weight-sized part, by hand, and the biases' update path.
+            grad_post: dict[int, Tensor] = {}
+            grad_targets: dict[int, Tensor] = {}
             for l in plastic:
                 wk, t, h = weight_key(l), targets[l], trace.inputs[l]
                 grad_t, grad_h = _adjoint_step(
-                    adj[wk], state[wk], prepared[f"coef.{l}.weight"], t.detach(), h.detach(), oja,
-                    scratch_d[l], scratch_m.get(l), grad_coef[l],
+                    adj[wk], state[wk], prepared[f"coef.{l}.weight"], t, h, oja,
+                    scratch(buf_d, l), scratch(buf_m, l), grads[f"coef.{l}.weight"],
                 )
-                if t.requires_grad:
-                    outs.append(t)
-                    grads_out.append(grad_t)
+                if spec.plastic_bias:
+                    bk, pk = bias_key(l), f"coef.{l}.bias"
+                    g_b, p_b, b = adj[bk], prepared[pk], state[bk]
+                    g_hebb = g_b * p_b  # dL/d(hebb_b)
+                    grad_t.add_(g_hebb.unsqueeze(-2))
+                    hebb_b = t.sum(-2)
+                    if oja:
+                        s_b = (t * t).sum(-2)
+                        grad_t.addcmul_(t, (g_hebb * b).unsqueeze(-2), value=-2.0)
+                        hebb_b = hebb_b - s_b * b
+                        adj[bk] = g_b - g_hebb * s_b
+                    if need_p[pk]:
+                        grads[pk] = _add(grads[pk], _sum_to(g_b * hebb_b, p_b.shape))
+                grad_targets[l] = grad_t
                 if l > 0:
-                    outs.append(h)
-                    grads_out.append(grad_h)
-                if spec.plastic_bias and new_bias[bias_key(l)].requires_grad:
-                    outs.append(new_bias[bias_key(l)])
-                    grads_out.append(adj[bias_key(l)])
-            _c2 = _t.perf_counter()
-            wrt = [trace.pre[l] for l in pre_layers] + list(bias_leaves.values()) + list(shared.values())
-            if outs:
-                grads = torch.autograd.grad(outs, wrt, grads_out, allow_unused=True)
-            else:
-                grads = (None,) * len(wrt)
-            _c3 = _t.perf_counter()
-            n_pre, n_b = len(pre_layers), len(bias_leaves)
-            for l, delta in zip(pre_layers, grads[:n_pre]):
-                if delta is None:
+                    grad_post[l - 1] = grad_h
+
+            # Small part: the rule's target activities, then the network, by hand.
+            grad_rule_post, grad_rule = spec.targets_vjp(prepared, trace, y_step, grad_targets, wanted)
+            for l, g in grad_rule_post.items():
+                grad_post[l] = _add(grad_post.get(l), g)
+            for k, g in grad_rule.items():
+                grads[k] = _add(grads[k], g)
+            for l in range(last, lowest - 1, -1):
+                g = grad_post.get(l)
+                if g is None:
                     continue
-                wk, h = weight_key(l), trace.inputs[l].detach()
+                delta = activation_vjp(acts[l], g, pre[l])
+                wk, bk, h = weight_key(l), bias_key(l), trace.inputs[l]
+                if spec.plastic_bias and l in plastic_set:
+                    adj[bk] = adj[bk] + delta.sum(-2)
+                elif need_w[bk]:
+                    grads[bk] = _add(grads[bk], delta.sum((0, 1)))
                 if l in plastic_set:
                     adj[wk].baddbmm_(delta.transpose(-1, -2), h)
-                else:
-                    frozen_grad[wk].addmm_(delta.reshape(-1, delta.shape[-1]).t(), h.reshape(-1, h.shape[-1]))
-            for (k, leaf), g in zip(bias_leaves.items(), grads[n_pre:n_pre + n_b]):
-                adj[k] = g if g is not None else torch.zeros_like(leaf)
-            for k, g in zip(shared, grads[n_pre + n_b:]):
-                if g is not None:
-                    shared_grads[k] = g if shared_grads[k] is None else shared_grads[k] + g
-            _c4 = _t.perf_counter()
-            for _i, _v in enumerate((_c1-_c0, _c2-_c1, _c3-_c2, _c4-_c3)): TIMES[_i] += _v
+                elif need_w[wk]:
+                    grads[wk].addmm_(delta.reshape(-1, delta.shape[-1]).t(), h.reshape(-1, h.shape[-1]))
+                if l > lowest:
+                    grad_post[l - 1] = _add(grad_post.get(l - 1), torch.matmul(delta, weights[wk]))
 
         result: list[Tensor | None] = [None, None, None]
-        for k, v in init.items():
-            if not need_w[k]:
+        for k, v in [*init.items(), *prepared.items()]:
+            needed = need_w[k] if k in need_w else need_p[k]
+            if not needed:
                 result.append(None)
-            elif k in adj:
-                result.append(_sum_to(adj[k], v.shape))
-            elif k in frozen_grad:
-                result.append(frozen_grad[k])
-            else:
-                g = shared_grads.get(k)
-                result.append(g if g is not None else torch.zeros_like(v))
-        for k, v in zip(spec.prepared_keys, inputs[n_w:]):
-            g = grad_coef[int(k.split(".")[1])] if k in coef_keys else shared_grads.get(k)
-            if not need_p[k]:
-                result.append(None)
-            else:
-                result.append(g if g is not None else torch.zeros_like(v))
+                continue
+            g = _sum_to(adj[k], v.shape) if k in adj else grads[k]
+            result.append(g.reshape(v.shape) if g is not None else torch.zeros_like(v))
         return tuple(result)
 
 
 def hebbian_lifetime(
     net: MLP,
     targets: Targets,
+    targets_vjp: TargetsVJP,
     weights: dict[str, Tensor],
     prepared: dict[str, Tensor],
     x: Tensor,
@@ -373,11 +362,13 @@ def hebbian_lifetime(
 ) -> dict[str, Tensor]:
     """Weights after a lifetime of Hebb/Oja steps, as one autograd node.
 
-    ``targets(prepared, trace, y_step)`` gives the target activity of every plastic layer;
-    layer l's coefficients are ``prepared["coef.{l}.weight"]`` (and ``"coef.{l}.bias"`` for
+    ``targets(prepared, trace, y_step)`` gives the target activity of every plastic layer and
+    ``targets_vjp(prepared, trace, y_step, grad_targets, wanted)`` its backward: the gradients
+    w.r.t. the post-activations ``trace.post[l]`` (the output is ``post[-1]``) and w.r.t. the
+    prepared parameters named in ``wanted`` (all but the coefficients). Layer l's coefficients are ``prepared["coef.{l}.weight"]`` (and ``"coef.{l}.bias"`` for
     plastic biases). ``x`` (T, S, B, n_in), ``y`` (T, S, B, n_out), S >= 1, neither requiring
     grad. Gradients flow to ``weights`` (the initial ones) and ``prepared``.
     """
-    spec = _LifetimeSpec(net, targets, oja, plastic_bias, tuple(weights), tuple(prepared))
+    spec = _LifetimeSpec(net, targets, targets_vjp, oja, plastic_bias, tuple(weights), tuple(prepared))
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())
     return {**weights, **dict(zip(spec.state_keys, out))}

@@ -1,0 +1,254 @@
+"""Time one meta-step (inner loop + full second-order meta-gradient + Adam) per rule.
+
+Every configuration runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is its own.
+The table reports, per rule: seconds per meta-step (median of ``--repeats`` steps after
+``--warmup`` warm-up steps), the raw peak RSS and the RSS right after the imports, an
+analytical FLOP count per meta-step, the achieved GFLOP/s, and the GFLOP/s of plain
+``torch.matmul`` at the same GEMM shapes measured in the same run (``roofline`` is the ratio).
+
+    python benchmarks/meta_step.py                       # paper size: 10 functions x 40 steps x 32
+    python benchmarks/meta_step.py --quick               # small sizes, a smoke run
+    python benchmarks/meta_step.py --rules flp-oja --general   # the step-by-step autograd graph
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+RULES = {
+    "flp-oja": ("FLP-Oja", {"name": "flp", "form": "oja"}, None),
+    "flp-hebb": ("FLP-Hebb", {"name": "flp", "form": "hebb"}, None),
+    "oml": ("OML (layers 6,7)", {"name": "sgd"}, [-3, -2]),  # layers 6, 7 of the 9
+}
+HIDDEN = [300, 300, 300, 300, 300, 900, 300, 300]
+QUICK_HIDDEN = [64, 64, 128, 64]
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def current_rss_gb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except OSError:
+        return float("nan")
+
+
+# ---- analytical FLOP counts ----------------------------------------------------------------
+def layer_shapes(n_in: int, hidden: list[int], n_out: int) -> list[tuple[int, int]]:
+    sizes = [n_in, *hidden, n_out]
+    return [(sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)]  # (out, in)
+
+
+def gemm_list(rule: str, shapes: list[tuple[int, int]], plastic: list[int], batch: int, query: int, steps: int):
+    """[(count, m, k, n)] of the GEMMs (m x k) @ (k x n) of one meta-step, and the weight-sized
+    elementwise FLOPs. FLP: as the fused path computes them; OML: the inner forward pass and
+    hand-written backward pass, and twice each of those for the meta-gradient."""
+    gemms: list[tuple[int, int, int, int]] = []
+    elementwise = 0
+    lowest = min(plastic)
+    for l, (o, i) in enumerate(shapes):
+        gemms.append((steps, batch, i, o))  # inner forward pass a = h W^T
+        gemms += [(1, query, i, o), (2 if l else 1, query, o, i)]  # query: forward, backward
+        if rule.startswith("flp"):
+            oja = rule == "flp-oja"
+            gemms.append((steps, o, batch, i))  # forward: M = t^T h
+            # backward: h D^T, t D, M again (for dL/dP), delta^T h, and delta W below the top
+            gemms += [(steps, batch, i, o), (steps, batch, o, i), (2 * steps, o, batch, i)]
+            if l:
+                gemms.append((steps, batch, o, i))
+            # forward: [M - s W], W + P M; backward: D = P G, [D.W, M - s W, G - s D], dP += M G
+            elementwise += steps * o * i * ((4 + 9) if oja else (2 + 3))
+        else:
+            inner = [(steps, batch, i, o)]
+            if l > lowest:
+                inner.append((steps, batch, o, i))  # inner backprop
+            if l in plastic:
+                inner.append((steps, o, batch, i))  # inner weight gradient
+                elementwise += 3 * 2 * steps * o * i  # W - lr g, and its backward
+            gemms += inner[1:] + [(2 * c, m, k, n) for c, m, k, n in inner]
+    return gemms, elementwise
+
+
+def flop_count(gemms, elementwise: int) -> float:
+    return float(sum(2 * c * m * k * n for c, m, k, n in gemms) + elementwise)
+
+
+def matmul_rate(gemms, dtype: str, seconds: float = 0.3) -> float:
+    """GFLOP/s of torch.matmul over the distinct GEMM shapes, weighted like the meta-step."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    total_flop, total_time = 0.0, 0.0
+    shapes: dict[tuple[int, int, int], int] = {}
+    for c, m, k, n in gemms:
+        shapes[(m, k, n)] = shapes.get((m, k, n), 0) + c
+    budget = seconds / max(len(shapes), 1)
+    for (m, k, n), count in shapes.items():
+        a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
+        for _ in range(3):
+            torch.matmul(a, b)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < budget or reps < 5:
+            torch.matmul(a, b)
+            reps += 1
+        per_call = (time.perf_counter() - start) / reps
+        total_flop += 2.0 * m * k * n * count
+        total_time += per_call * count
+    return total_flop / total_time / 1e9
+
+
+# ---- one configuration in this process -----------------------------------------------------
+def worker(opts: dict) -> dict:
+    baseline_import = rss_gb()
+    import torch
+
+    from metaplastic.config import config_from_dict
+    from metaplastic.meta import Experiment, MetaTrainer
+    from metaplastic.meta.lifetime import use_fused_lifetime
+    from metaplastic.runtime import keep_freed_memory
+
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    if opts["keep_freed_memory"]:
+        keep_freed_memory()
+    baseline = rss_gb()
+    label, rule_cfg, plastic = RULES[opts["rule"]]
+    n_layers = len(opts["hidden"]) + 1
+    if plastic is not None:
+        plastic = [p % n_layers for p in plastic]
+        label = label.replace("6,7", ",".join(map(str, plastic)))
+    lr = {"init": 1e-4, "lr": 1e-4} if rule_cfg["name"] == "sgd" else {"init": 1e-4, "feedback": 1e-4, "coef": 1e-8, "beta": 1e-4}
+    network = {"hidden": opts["hidden"]}
+    if plastic is not None:
+        network["plastic"] = plastic
+    cfg = config_from_dict({
+        "name": "bench",
+        "dtype": opts["dtype"],
+        "task": {"name": "sine", "n_functions": opts["functions"], "steps_per_function": opts["steps_per_function"],
+                 "batch_size": opts["batch"]},
+        "network": network,
+        "rule": rule_cfg,
+        "meta": {"lr": lr},
+    })
+    exp = Experiment.from_config(cfg)
+    trainer = MetaTrainer(exp)
+    times = []
+    with use_fused_lifetime(not opts["general"]):
+        for i in range(opts["warmup"] + opts["repeats"]):
+            metrics = trainer.meta_step()
+            if i >= opts["warmup"]:
+                times.append(metrics["seconds"])
+    peak = rss_gb()
+    shapes = layer_shapes(exp.net.in_features, list(opts["hidden"]), exp.net.out_features)
+    steps = opts["functions"] * opts["steps_per_function"]
+    query = opts["functions"] * exp.task.query_per_function
+    gemms, elementwise = gemm_list(opts["rule"], shapes, exp.net.plastic_layers, opts["batch"], query, steps)
+    flop = flop_count(gemms, elementwise)
+    rate = matmul_rate(gemms, opts["dtype"])
+    return {
+        "label": label + (" [general]" if opts["general"] else ""),
+        "seconds": statistics.median(times),
+        "all_seconds": times,
+        "peak_rss_gb": peak,
+        "baseline_rss_gb": baseline,
+        "import_rss_gb": baseline_import,
+        "gflop": flop / 1e9,
+        "gflops": flop / 1e9 / statistics.median(times),
+        "matmul_gflops": rate,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+# ---- the driver --------------------------------------------------------------------------------
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        load = " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        load = "?"
+    return f"{model}, {os.cpu_count()} logical CPUs, load average {load}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rules", default="flp-oja,flp-hebb,oml", help=f"comma-separated, from {', '.join(RULES)}")
+    p.add_argument("--steps-per-function", type=int, default=40)
+    p.add_argument("--functions", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], default=HIDDEN)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--general", action="store_true", help="disable the fused lifetime (step-by-step graph)")
+    p.add_argument("--keep-freed-memory", action="store_true", help="call metaplastic.runtime.keep_freed_memory()")
+    p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    if args.quick:
+        args.steps_per_function, args.functions, args.batch, args.hidden = 3, 2, 8, QUICK_HIDDEN
+        args.repeats = min(args.repeats, 3)
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        p.error(f"unknown rule(s) {unknown}; known: {', '.join(RULES)}")
+    results = []
+    for rule in rules:
+        opts = {
+            "rule": rule, "steps_per_function": args.steps_per_function, "functions": args.functions,
+            "batch": args.batch, "hidden": args.hidden, "dtype": args.dtype, "warmup": args.warmup,
+            "repeats": args.repeats, "threads": args.threads, "general": args.general,
+            "keep_freed_memory": args.keep_freed_memory,
+        }
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(opts)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return proc.returncode
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    r0 = results[0]
+    print(f"machine: {machine()}; torch {r0['torch']}, {r0['threads']} threads")
+    print(f"sizes: {args.functions} functions x {args.steps_per_function} steps x batch {args.batch}, "
+          f"hidden {','.join(map(str, args.hidden))}, {args.dtype}, median of {args.repeats} after {args.warmup} warm-up")
+    header = f"{'rule':<24} {'s/step':>7} {'peak RSS':>9} {'base RSS':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'matmul':>7} {'roofline':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r['label']:<24} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
+              f"{r['gflop']:>7.1f} {r['gflops']:>8.1f} {r['matmul_gflops']:>7.1f} {r['gflops'] / r['matmul_gflops']:>8.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
