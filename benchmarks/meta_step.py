@@ -14,6 +14,7 @@ analytical FLOP count per meta-step, the achieved GFLOP/s, and the GFLOP/s of pl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -84,7 +85,7 @@ def flop_count(gemms, elementwise: int) -> float:
     return float(sum(2 * c * m * k * n for c, m, k, n in gemms) + elementwise)
 
 
-def matmul_rate(gemms, dtype: str, seconds: float = 0.3) -> float:
+def matmul_rate(gemms, dtype: str, seconds: float = 1.0) -> float:
     """GFLOP/s of torch.matmul over the distinct GEMM shapes, weighted like the meta-step."""
     import torch
 
@@ -93,82 +94,126 @@ def matmul_rate(gemms, dtype: str, seconds: float = 0.3) -> float:
     shapes: dict[tuple[int, int, int], int] = {}
     for c, m, k, n in gemms:
         shapes[(m, k, n)] = shapes.get((m, k, n), 0) + c
-    budget = seconds / max(len(shapes), 1)
+    budget = seconds / max(len(shapes), 1) / 5
     for (m, k, n), count in shapes.items():
         a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
         for _ in range(3):
             torch.matmul(a, b)
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < budget or reps < 5:
-            torch.matmul(a, b)
-            reps += 1
-        per_call = (time.perf_counter() - start) / reps
+        best = float("inf")
+        for _ in range(5):  # best of 5 rounds: robust to other load on the machine
+            reps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < budget or reps < 3:
+                torch.matmul(a, b)
+                reps += 1
+            best = min(best, (time.perf_counter() - start) / reps)
         total_flop += 2.0 * m * k * n * count
-        total_time += per_call * count
+        total_time += best * count
     return total_flop / total_time / 1e9
 
 
 # ---- one configuration in this process -----------------------------------------------------
+class Worker:
+    """One configuration: build it, time meta-steps one at a time, report."""
+
+    def __init__(self, opts: dict):
+        self.import_rss = rss_gb()
+        import torch
+
+        from metaplastic.config import config_from_dict
+        from metaplastic.meta import Experiment, MetaTrainer
+        from metaplastic.runtime import keep_freed_memory
+
+        try:
+            from metaplastic.meta.lifetime import use_fused_lifetime
+        except ImportError:  # a version without fused paths (--baseline)
+            def use_fused_lifetime(enabled: bool) -> contextlib.AbstractContextManager:
+                return contextlib.nullcontext()
+
+        self.torch, self.opts = torch, opts
+        if opts["threads"]:
+            torch.set_num_threads(opts["threads"])
+        if opts["keep_freed_memory"]:
+            keep_freed_memory()
+        self.baseline_rss = rss_gb()
+        label, rule_cfg, plastic = RULES[opts["rule"]]
+        n_layers = len(opts["hidden"]) + 1
+        if plastic is not None:
+            plastic = [p % n_layers for p in plastic]
+            label = label.replace("6,7", ",".join(map(str, plastic)))
+        if rule_cfg["name"] == "sgd":
+            lr = {"init": 1e-4, "lr": 1e-4}
+        else:
+            lr = {"init": 1e-4, "feedback": 1e-4, "coef": 1e-8, "beta": 1e-4}
+        network = {"hidden": opts["hidden"]}
+        if plastic is not None:
+            network["plastic"] = plastic
+        cfg = config_from_dict({
+            "name": "bench",
+            "dtype": opts["dtype"],
+            "task": {"name": "sine", "n_functions": opts["functions"],
+                     "steps_per_function": opts["steps_per_function"], "batch_size": opts["batch"]},
+            "network": network,
+            "rule": rule_cfg,
+            "meta": {"lr": lr},
+        })
+        self.exp = Experiment.from_config(cfg)
+        self.trainer = MetaTrainer(self.exp)
+        self.use_fused_lifetime = use_fused_lifetime
+        self.label = label + (" [general]" if opts["general"] else "")
+        shapes = layer_shapes(self.exp.net.in_features, list(opts["hidden"]), self.exp.net.out_features)
+        steps = opts["functions"] * opts["steps_per_function"]
+        query = opts["functions"] * self.exp.task.query_per_function
+        self.gemms, elementwise = gemm_list(
+            opts["rule"], shapes, self.exp.net.plastic_layers, opts["batch"], query, steps
+        )
+        self.flop = flop_count(self.gemms, elementwise)
+        self.times: list[float] = []
+        self.rates: list[float] = []
+
+    def step(self, timed: bool) -> float:
+        with self.use_fused_lifetime(not self.opts["general"]):
+            seconds = self.trainer.meta_step()["seconds"]
+        if timed:
+            self.times.append(seconds)
+            # the matmul rate right after each timed step: the same conditions as the step
+            self.rates.append(matmul_rate(self.gemms, self.opts["dtype"], seconds=0.25))
+        return seconds
+
+    def result(self) -> dict:
+        seconds = statistics.median(self.times)
+        return {
+            "label": self.label,
+            "seconds": seconds,
+            "all_seconds": self.times,
+            "peak_rss_gb": rss_gb(),
+            "baseline_rss_gb": self.baseline_rss,
+            "import_rss_gb": self.import_rss,
+            "gflop": self.flop / 1e9,
+            "gflops": self.flop / 1e9 / seconds,
+            "matmul_gflops": statistics.median(self.rates),
+            "threads": self.torch.get_num_threads(),
+            "torch": self.torch.__version__,
+        }
+
+
 def worker(opts: dict) -> dict:
-    baseline_import = rss_gb()
-    import torch
+    w = Worker(opts)
+    for i in range(opts["warmup"] + opts["repeats"]):
+        w.step(timed=i >= opts["warmup"])
+    return w.result()
 
-    from metaplastic.config import config_from_dict
-    from metaplastic.meta import Experiment, MetaTrainer
-    from metaplastic.meta.lifetime import use_fused_lifetime
-    from metaplastic.runtime import keep_freed_memory
 
-    if opts["threads"]:
-        torch.set_num_threads(opts["threads"])
-    if opts["keep_freed_memory"]:
-        keep_freed_memory()
-    baseline = rss_gb()
-    label, rule_cfg, plastic = RULES[opts["rule"]]
-    n_layers = len(opts["hidden"]) + 1
-    if plastic is not None:
-        plastic = [p % n_layers for p in plastic]
-        label = label.replace("6,7", ",".join(map(str, plastic)))
-    lr = {"init": 1e-4, "lr": 1e-4} if rule_cfg["name"] == "sgd" else {"init": 1e-4, "feedback": 1e-4, "coef": 1e-8, "beta": 1e-4}
-    network = {"hidden": opts["hidden"]}
-    if plastic is not None:
-        network["plastic"] = plastic
-    cfg = config_from_dict({
-        "name": "bench",
-        "dtype": opts["dtype"],
-        "task": {"name": "sine", "n_functions": opts["functions"], "steps_per_function": opts["steps_per_function"],
-                 "batch_size": opts["batch"]},
-        "network": network,
-        "rule": rule_cfg,
-        "meta": {"lr": lr},
-    })
-    exp = Experiment.from_config(cfg)
-    trainer = MetaTrainer(exp)
-    times = []
-    with use_fused_lifetime(not opts["general"]):
-        for i in range(opts["warmup"] + opts["repeats"]):
-            metrics = trainer.meta_step()
-            if i >= opts["warmup"]:
-                times.append(metrics["seconds"])
-    peak = rss_gb()
-    shapes = layer_shapes(exp.net.in_features, list(opts["hidden"]), exp.net.out_features)
-    steps = opts["functions"] * opts["steps_per_function"]
-    query = opts["functions"] * exp.task.query_per_function
-    gemms, elementwise = gemm_list(opts["rule"], shapes, exp.net.plastic_layers, opts["batch"], query, steps)
-    flop = flop_count(gemms, elementwise)
-    rate = matmul_rate(gemms, opts["dtype"])
-    return {
-        "label": label + (" [general]" if opts["general"] else ""),
-        "seconds": statistics.median(times),
-        "all_seconds": times,
-        "peak_rss_gb": peak,
-        "baseline_rss_gb": baseline,
-        "import_rss_gb": baseline_import,
-        "gflop": flop / 1e9,
-        "gflops": flop / 1e9 / statistics.median(times),
-        "matmul_gflops": rate,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
+def serve(opts: dict) -> None:
+    """Paired mode: one meta-step per line 'step' / 'warmup' on stdin, the result on 'result'."""
+    w = Worker(opts)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd in ("step", "warmup"):
+            print(json.dumps(w.step(timed=cmd == "step")), flush=True)
+        elif cmd == "result":
+            print(json.dumps(w.result()), flush=True)
+            return
 
 
 # ---- the driver --------------------------------------------------------------------------------
@@ -188,6 +233,40 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs, load average {load}"
 
 
+def paired(opts: dict, baseline: str) -> list[dict]:
+    """Time this checkout and the one in ``baseline`` in two processes, alternating steps."""
+    procs = []
+    for path in (None, os.path.abspath(baseline)):
+        env = dict(os.environ)
+        if path is not None:
+            env["PYTHONPATH"] = path + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--serve", json.dumps(opts)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+        procs.append(proc)
+
+    def ask(proc: subprocess.Popen, cmd: str) -> str:
+        proc.stdin.write(cmd + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker died (exit {proc.wait()})")
+        return line
+
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("benchmark worker failed to start")
+    for i in range(opts["warmup"] + opts["repeats"]):
+        for proc in procs:
+            ask(proc, "step" if i >= opts["warmup"] else "warmup")
+    results = [json.loads(ask(proc, "result")) for proc in procs]
+    for proc in procs:
+        proc.wait()
+    results[1]["label"] += " [baseline]"
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rules", default="flp-oja,flp-hebb,oml", help=f"comma-separated, from {', '.join(RULES)}")
@@ -203,11 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-freed-memory", action="store_true", help="call metaplastic.runtime.keep_freed_memory()")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="also time the metaplastic package found in DIR (e.g. an older checkout), "
+                        "alternating meta-steps with this one so both see the same machine load")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--serve", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.serve:
+        serve(json.loads(args.serve))
         return 0
 
     if args.quick:
@@ -225,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "threads": args.threads, "general": args.general,
             "keep_freed_memory": args.keep_freed_memory,
         }
+        if args.baseline:
+            results += paired(opts, args.baseline)
+            continue
         proc = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(opts)],
             capture_output=True, text=True,
@@ -237,13 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     r0 = results[0]
     print(f"machine: {machine()}; torch {r0['torch']}, {r0['threads']} threads")
     print(f"sizes: {args.functions} functions x {args.steps_per_function} steps x batch {args.batch}, "
-          f"hidden {','.join(map(str, args.hidden))}, {args.dtype}, median of {args.repeats} after {args.warmup} warm-up")
-    header = f"{'rule':<24} {'s/step':>7} {'peak RSS':>9} {'base RSS':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'matmul':>7} {'roofline':>8}"
+          f"hidden {','.join(map(str, args.hidden))}, {args.dtype}, "
+          f"median of {args.repeats} after {args.warmup} warm-up")
+    header = (f"{'rule':<24} {'s/step':>7} {'peak RSS':>9} {'base RSS':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
+              f"{'matmul':>7} {'roofline':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r['label']:<24} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
-              f"{r['gflop']:>7.1f} {r['gflops']:>8.1f} {r['matmul_gflops']:>7.1f} {r['gflops'] / r['matmul_gflops']:>8.2f}")
+              f"{r['gflop']:>7.3g} {r['gflops']:>8.3g} {r['matmul_gflops']:>7.1f} "
+              f"{r['gflops'] / r['matmul_gflops']:>8.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)

@@ -107,3 +107,37 @@ def test_missing_and_corrupt_checkpoint_give_one_line_errors(tmp_path: Path) -> 
     proc = run_cli("evaluate", str(bad))
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read checkpoint" in proc.stderr
+
+
+def test_sigkilled_run_resumes_to_the_same_numbers(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import torch
+
+    from metaplastic.meta.checkpoint import load_checkpoint
+
+    cfg = write(tmp_path / "tiny.yaml", {**TINY, "meta": {**TINY["meta"], "steps": 400, "checkpoint_every": 5}})
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metaplastic", "train", str(cfg), "--out", str(killed), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for a checkpoint past the first one, then kill -9
+        ckpt = killed / "checkpoint.pt"
+        if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 10:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = load_checkpoint(killed / "checkpoint.pt")["step"]
+    assert 10 <= step_at_kill < 400, "the run must have been killed mid-way"
+    assert main(["train", str(cfg), "--out", str(killed), "--resume", "--no-progress"]) == 0
+    assert main(["train", str(cfg), "--out", str(whole), "--no-progress"]) == 0
+    a, b = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
+    assert a["step"] == b["step"] == 400
+    for key in a["meta"]:
+        assert torch.equal(a["meta"][key], b["meta"][key]), key
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 401))

@@ -81,6 +81,6 @@ def run_lifetime(net: MLP, rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Te
         check_stream(net, x, y)
         return rule.fused_lifetime(net, meta, x, y, loss)
     weights = select(meta, "init")
-    for _, weights in iterate_lifetime(net, rule, meta, x, y, loss):
-        pass
+    for _, new in iterate_lifetime(net, rule, meta, x, y, loss):
+        weights = new
     return weights

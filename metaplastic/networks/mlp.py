@@ -48,28 +48,6 @@ def bias_key(layer: int) -> str:
     return f"layers.{layer}.bias"
 
 
-class _ReplayLinear(torch.autograd.Function):
-    """a = h W^T + b where a is already known: returns a, backpropagates to h and b only."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, h: Tensor, w: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(w)
-        ctx.bias_dim = b.dim()
-        return a.view_as(a)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (w,) = ctx.saved_tensors
-        _, need_h, _, need_b = ctx.needs_input_grad
-        grad_h = torch.matmul(grad, w) if need_h else None
-        grad_b = None
-        if need_b:
-            grad_b = grad.sum(-2)
-            if grad_b.dim() > ctx.bias_dim:
-                grad_b = grad_b.sum(tuple(range(grad_b.dim() - ctx.bias_dim)))
-        return None, grad_h, None, grad_b
-
-
 @dataclass(frozen=True)
 class MLP:
     layers: tuple[LayerSpec, ...]
@@ -150,22 +128,6 @@ class MLP:
             pre.append(a)
             post.append(h)
         return Trace(h, inputs, pre, post)
-
-    def replay(self, params: dict[str, Tensor], x: Tensor, pre: list[Tensor]) -> Trace:
-        """The trace of ``forward(params, x)`` rebuilt from its known pre-activations ``pre``
-        without redoing the matmuls: the same values, and a graph that gives the gradients
-        w.r.t. ``x``, the biases and (through the activities) everything downstream, but not
-        w.r.t. the weights. The weights are treated as constants; their gradients are
-        dL/dW = dL/da^T h from the gradients w.r.t. the returned pre-activations."""
-        h = x
-        inputs, pres, post = [], [], []
-        for i, spec in enumerate(self.layers):
-            inputs.append(h)
-            a = _ReplayLinear.apply(pre[i], h, params[weight_key(i)].detach(), params[bias_key(i)])
-            h = get_activation(spec.activation).fn(a)
-            pres.append(a)
-            post.append(h)
-        return Trace(h, inputs, pres, post)
 
     def check_params(self, params: dict[str, Tensor]) -> None:
         """Raise ShapeError when a parameter dict does not fit this network."""

@@ -27,7 +27,12 @@ from metaplastic.losses import Loss
 from metaplastic.networks import MLP, Trace, bias_key, get_activation, weight_key
 from metaplastic.params import prefixed, select
 from metaplastic.rules.coefficients import check_scope, coefficient_shapes, layer_coefficients
-from metaplastic.rules.hebbian_update import activation_vjp, hebbian_bias_update, hebbian_lifetime, hebbian_update
+from metaplastic.rules.hebbian_update import (
+    activation_vjp,
+    hebbian_bias_update,
+    hebbian_lifetime,
+    hebbian_update,
+)
 
 
 def _inverse_softplus(y: float) -> float:
@@ -80,7 +85,8 @@ class FLPRule:
         beta_raw = _inverse_sigmoid(self.beta_init) if self.beta_sigmoid else self.beta_init
         for l in net.plastic_layers:
             spec = net.layers[l]
-            for key, shape in coefficient_shapes(self.scope, l, spec.out_features, spec.in_features, self.plastic_bias).items():
+            shapes = coefficient_shapes(self.scope, l, spec.out_features, spec.in_features, self.plastic_bias)
+            for key, shape in shapes.items():
                 coef[key] = torch.full(shape, coef_raw, dtype=dtype)
             if not self._uses_feedback(net, l):
                 continue
@@ -122,7 +128,9 @@ class FLPRule:
             f = phi(torch.matmul(f, w.t()) + b)
         return f
 
-    def target_activity(self, net: MLP, prepared: dict[str, Tensor], layer: int, trace: Trace, signal: Tensor) -> Tensor:
+    def target_activity(
+        self, net: MLP, prepared: dict[str, Tensor], layer: int, trace: Trace, signal: Tensor
+    ) -> Tensor:
         if not self._uses_feedback(net, layer):
             return signal
         beta = prepared[f"beta.{layer}"]
@@ -153,70 +161,147 @@ class FLPRule:
         return new
 
     # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------
-    def targets_vjp(
-        self,
-        net: MLP,
-        prepared: dict[str, Tensor],
-        trace: Trace,
-        target: Tensor,
-        grad_targets: dict[int, Tensor],
-        wanted: set[str],
-    ) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
-        """Backward of ``targets`` by hand. Given dL/dt_l, returns dL/d(post-activation) per layer
-        (the output is ``trace.post[-1]``) and the gradients of the prepared feedback and beta
-        parameters named in ``wanted``."""
-        act = self.feedback_activation
-        phi = get_activation(act).fn
-        depth = len(self.feedback_hidden) + 1
-        signal = target - trace.output if self.signal == "error" else target
-        through_signal = self.signal == "error"
+    def fused_lifetime(
+        self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss
+    ) -> dict[str, Tensor]:
+        """Weights at the end of a lifetime, the same values as iterating ``step``, as one
+        autograd node with a hand-written backward pass (see ``hebbian_lifetime``): much less
+        time and memory for the meta-gradient."""
+        return hebbian_lifetime(
+            net, _FLPTargets(self, net), select(meta, "init"), self.prepare(net, meta), x, y,
+            self.form == "oja", self.plastic_bias,
+        )
+
+
+@dataclass(frozen=True)
+class _FLPTargets:
+    """FLP's target activities for ``hebbian_lifetime`` (see ``TargetModel``)."""
+
+    rule: FLPRule
+    net: MLP
+
+    def bind(self, prepared: dict[str, Tensor], wanted: set[str]) -> _BoundFLP:
+        return _BoundFLP(self.rule, self.net, prepared, wanted)
+
+
+class _BoundFLP:
+    """FLP's targets and their backward pass by hand, for one pass over a lifetime.
+
+    With one-layer feedback pathways (the default) the feedback of all plastic layers is
+    computed at once: one matmul with the stacked B_l, one activation, one beta mixing, on
+    tensors (tasks, batch, sum of widths); gradients of the stacked parameters are accumulated
+    over the lifetime and split per layer at the end. Deeper pathways go layer by layer.
+    """
+
+    def __init__(self, rule: FLPRule, net: MLP, prepared: dict[str, Tensor], wanted: set[str]):
+        self.rule, self.net, self.prepared, self.wanted = rule, net, prepared, wanted
+        self.act = rule.feedback_activation
+        self.phi = get_activation(self.act).fn
+        self.through_signal = rule.signal == "error"
+        self.fed = [l for l in net.plastic_layers if rule._uses_feedback(net, l)]
+        self.direct = [l for l in net.plastic_layers if not rule._uses_feedback(net, l)]
+        self.stacked = not rule.feedback_hidden and len(self.fed) > 1
+        self.acc: dict[str, Tensor] = {}
+        self.last: tuple = ()
+        if self.stacked:
+            widths = [net.layers[l].out_features for l in self.fed]
+            offsets = [0]
+            for w in widths:
+                offsets.append(offsets[-1] + w)
+            self.bounds = [(offsets[i], offsets[i + 1]) for i in range(len(widths))]
+            self.weight = torch.cat([prepared[f"feedback.{l}.0.weight"] for l in self.fed])
+            self.bias = torch.cat([prepared[f"feedback.{l}.0.bias"] for l in self.fed])
+            self.beta = torch.cat([prepared[f"beta.{l}"].reshape(1).expand(w) for l, w in zip(self.fed, widths)])
+            self.one_minus_beta = torch.cat(
+                [(1.0 - prepared[f"beta.{l}"]).reshape(1).expand(w) for l, w in zip(self.fed, widths)]
+            )
+
+    def _accumulate(self, key: str, g: Tensor) -> None:
+        self.acc[key] = self.acc[key] + g if key in self.acc else g
+
+    def targets(self, trace: Trace, target: Tensor) -> dict[int, Tensor]:
+        if not self.stacked:
+            return self.rule.targets(self.net, self.prepared, trace, target)
+        signal = target - trace.output if self.through_signal else target
+        z = torch.matmul(signal, self.weight.t()) + self.bias
+        f = self.phi(z)
+        h = torch.cat([trace.post[l] for l in self.fed], -1)
+        t = self.beta * f + self.one_minus_beta * h
+        self.last = (signal, z, f, h)
+        out = {l: t[..., a:b] for l, (a, b) in zip(self.fed, self.bounds)}
+        for l in self.direct:
+            out[l] = signal
+        return out
+
+    def backward(self, trace: Trace, target: Tensor, grad_targets: dict[int, Tensor]) -> dict[int, Tensor]:
+        if not self.stacked:
+            return self._backward_by_layer(trace, target, grad_targets)
+        signal, z, f, h = self.last
+        g = torch.cat([grad_targets[l] for l in self.fed], -1)
+        if any(f"beta.{l}" in self.wanted for l in self.fed):
+            self._accumulate("beta", (g * (f - h)).sum((0, 1)))
+        g_post = self.one_minus_beta * g
+        grad_post = {l: g_post[..., a:b] for l, (a, b) in zip(self.fed, self.bounds)}
+        g_z = activation_vjp(self.act, self.beta * g, z)
+        g_z2 = g_z.reshape(-1, g_z.shape[-1])
+        if any(f"feedback.{l}.0.weight" in self.wanted for l in self.fed):
+            self._accumulate("weight", g_z2.t() @ signal.reshape(-1, signal.shape[-1]))
+        if any(f"feedback.{l}.0.bias" in self.wanted for l in self.fed):
+            self._accumulate("bias", g_z2.sum(0))
+        if self.through_signal:
+            g_signal = torch.matmul(g_z, self.weight)
+            for l in self.direct:
+                g_signal = g_signal + grad_targets[l]
+            out = len(self.net.layers) - 1
+            grad_post[out] = grad_post[out] - g_signal if out in grad_post else -g_signal
+        return grad_post
+
+    def _backward_by_layer(self, trace: Trace, target: Tensor, grad_targets: dict[int, Tensor]) -> dict[int, Tensor]:
+        prepared, wanted = self.prepared, self.wanted
+        depth = len(self.rule.feedback_hidden) + 1
+        signal = target - trace.output if self.through_signal else target
         grad_post: dict[int, Tensor] = {}
-        grads: dict[str, Tensor] = {}
         grad_signal: Tensor | None = None
-        for l, grad_t in grad_targets.items():
-            if not self._uses_feedback(net, l):
-                grad_signal = grad_t if grad_signal is None else grad_signal + grad_t
-                continue
+        for l in self.direct:
+            grad_signal = grad_targets[l] if grad_signal is None else grad_signal + grad_targets[l]
+        for l in self.fed:
+            grad_t = grad_targets[l]
             beta = prepared[f"beta.{l}"]
             f, f_in, z_pre = signal, [], []
             for k in range(depth):
                 f_in.append(f)
                 z = torch.matmul(f, prepared[f"feedback.{l}.{k}.weight"].t()) + prepared[f"feedback.{l}.{k}.bias"]
                 z_pre.append(z)
-                f = phi(z)
+                f = self.phi(z)
             if f"beta.{l}" in wanted:
-                grads[f"beta.{l}"] = (grad_t * (f - trace.post[l])).sum()
+                self._accumulate(f"beta.{l}", (grad_t * (f - trace.post[l])).sum())
             grad_post[l] = (1.0 - beta) * grad_t
             g = beta * grad_t
             for k in range(depth - 1, -1, -1):
                 wk, bk = f"feedback.{l}.{k}.weight", f"feedback.{l}.{k}.bias"
-                g_z = activation_vjp(act, g, z_pre[k])
+                g_z = activation_vjp(self.act, g, z_pre[k])
+                g_z2 = g_z.reshape(-1, g_z.shape[-1])
                 if wk in wanted:
-                    grads[wk] = g_z.reshape(-1, g_z.shape[-1]).t() @ f_in[k].reshape(-1, f_in[k].shape[-1])
+                    self._accumulate(wk, g_z2.t() @ f_in[k].reshape(-1, f_in[k].shape[-1]))
                 if bk in wanted:
-                    grads[bk] = g_z.reshape(-1, g_z.shape[-1]).sum(0)
-                if k or through_signal:
+                    self._accumulate(bk, g_z2.sum(0))
+                if k or self.through_signal:
                     g = torch.matmul(g_z, prepared[wk])
-            if through_signal:
+            if self.through_signal:
                 grad_signal = g if grad_signal is None else grad_signal + g
-        if through_signal and grad_signal is not None:
-            out = len(net.layers) - 1
-            grad_post[out] = -grad_signal if out not in grad_post else grad_post[out] - grad_signal
-        return grad_post, grads
+        if self.through_signal and grad_signal is not None:
+            out = len(self.net.layers) - 1
+            grad_post[out] = grad_post[out] - grad_signal if out in grad_post else -grad_signal
+        return grad_post
 
-    def fused_lifetime(
-        self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss
-    ) -> dict[str, Tensor]:
-        """Weights at the end of a lifetime, the same values as iterating ``step``, as one
-        autograd node with a hand-written backward (see ``hebbian_lifetime``): much less time
-        and memory for the meta-gradient."""
-        def targets(prepared: dict[str, Tensor], trace: Trace, target: Tensor) -> dict[int, Tensor]:
-            return self.targets(net, prepared, trace, target)
-
-        def targets_vjp(prepared, trace, target, grad_targets, wanted):  # type: ignore[no-untyped-def]
-            return self.targets_vjp(net, prepared, trace, target, grad_targets, wanted)
-
-        return hebbian_lifetime(
-            net, targets, targets_vjp, select(meta, "init"), self.prepare(net, meta), x, y,
-            self.form == "oja", self.plastic_bias,
-        )
+    def grads(self) -> dict[str, Tensor]:
+        if not self.stacked:
+            return dict(self.acc)
+        grads = {}
+        for l, (a, b) in zip(self.fed, self.bounds):
+            for key, name in ((f"beta.{l}", "beta"), (f"feedback.{l}.0.weight", "weight"),
+                              (f"feedback.{l}.0.bias", "bias")):
+                if key in self.wanted and name in self.acc:
+                    g = self.acc[name][a:b]
+                    grads[key] = g.sum() if name == "beta" else g
+        return grads

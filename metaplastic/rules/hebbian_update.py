@@ -11,23 +11,29 @@ Two levels:
 - ``hebbian_update``: one step as one autograd node. Plain autograd keeps the weight-sized
   bracket alive for every inner step; this Function saves only W (which the next forward pass
   keeps alive anyway), P and the small activities, and recomputes T^T H in the backward pass.
-- ``hebbian_lifetime``: a whole lifetime as one autograd node (the fast path of the
-  meta-gradient). The forward pass runs the inner loop without a graph and keeps only the
-  plastic weights of every step. The backward pass walks the steps in reverse with the adjoint
-  recursion of the weights, written by hand with in-place buffers,
+- ``hebbian_lifetime``: a whole lifetime as one autograd node, with a hand-written backward
+  pass (the fast path of the meta-gradient; ``FLPRule.fused_lifetime``). The forward pass runs
+  the inner loop without a graph and keeps only the plastic weights and the pre-activations of
+  every step. The backward pass walks the steps in reverse. The weight-sized part is the
+  adjoint recursion of the weights, with in-place buffers,
 
-      G_t = G_{t+1} - diag(s_t) (P * G_{t+1}) + sum over uses of W_t in the forward pass of step t
-      dL/dP += G_{t+1} * (T_t^T H_t - diag(s_t) W_t)
+      D   = P * G_{t+1}
+      dL/dT_t = H_t D^T - 2 T_t diag(rowsum(D * W_t)),   dL/dH_t = T_t D          (Oja terms)
+      dL/dP  += G_{t+1} * (T_t^T H_t - diag(s_t) W_t)
+      G_t     = G_{t+1} - diag(s_t) D + delta_t^T h_t    (delta_t: dL/d pre-activation, step t)
 
-  and differentiates everything small (forward activations, supervision signal, feedback
-  pathway, target activity, plastic biases) with autograd on a one-step graph that it rebuilds
-  from the saved weights. Same math as the step-by-step graph; only float roundoff differs.
+  done for all plastic layers of one shape at once (stacked: one GEMM / elementwise call per
+  group instead of per layer). The small part (activations, supervision signal, feedback
+  pathway, target activity, plastic biases) is differentiated by hand as well: the network by
+  this module, the rule's target activities by the rule (``TargetModel``). Same math as the
+  step-by-step graph; only float roundoff differs (tests/test_fast_paths.py checks it against
+  plain autograd in float64).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -87,7 +93,7 @@ class _HebbianUpdate(torch.autograd.Function):
             grad_t = torch.matmul(h, d_m.transpose(-1, -2))
             if ctx.oja:
                 d_s = torch.linalg.vecdot(d_m, w.expand_as(d_m))
-                grad_t = grad_t - 2.0 * t * d_s.unsqueeze(-2)
+                grad_t.addcmul_(t, d_s.unsqueeze(-2), value=-2.0)
             grad_t = _sum_to(grad_t, t.shape)
         if need_h:
             grad_h = _sum_to(torch.matmul(t, d_m), h.shape)
@@ -108,11 +114,29 @@ def hebbian_bias_update(b: Tensor, p: Tensor, t: Tensor, oja: bool) -> Tensor:
 
 
 # ---- a whole lifetime as one autograd node ------------------------------------------------
-Targets = Callable[[dict[str, Tensor], Trace, Tensor], dict[int, Tensor]]
-TargetsVJP = Callable[
-    [dict[str, Tensor], Trace, Tensor, dict[int, Tensor], set[str]],
-    tuple[dict[int, Tensor], dict[str, Tensor]],
-]
+class BoundTargets(Protocol):
+    """A rule's target activities with its parameters bound for one pass over a lifetime."""
+
+    def targets(self, trace: Trace, target: Tensor) -> dict[int, Tensor]:
+        """t_l of every plastic layer for one forward pass."""
+        ...
+
+    def backward(self, trace: Trace, target: Tensor, grad_targets: dict[int, Tensor]) -> dict[int, Tensor]:
+        """Given dL/dt_l (for the step whose ``targets`` was called last), return dL/d(post-
+        activation) per layer (the output is ``trace.post[-1]``) and add this step's share to
+        the gradients of the bound parameters."""
+        ...
+
+    def grads(self) -> dict[str, Tensor]:
+        """The accumulated gradients of the wanted parameters."""
+        ...
+
+
+class TargetModel(Protocol):
+    def bind(self, prepared: dict[str, Tensor], wanted: set[str]) -> BoundTargets:
+        """Bind the prepared parameters (all but the coefficients); ``wanted`` names those
+        whose gradients ``grads`` must give."""
+        ...
 
 
 def activation_vjp(name: str, grad: Tensor, pre: Tensor) -> Tensor:
@@ -131,22 +155,25 @@ def _add(a: Tensor | None, b: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class _LifetimeSpec:
     net: MLP
-    targets: Targets
-    targets_vjp: TargetsVJP
+    model: TargetModel
     oja: bool
     plastic_bias: bool
     weight_keys: tuple[str, ...]
     prepared_keys: tuple[str, ...]
+    groups: tuple[tuple[int, ...], ...]  # plastic layers with weights and coefficients of one shape
 
     @property
-    def state_keys(self) -> list[str]:
-        """The weights that change during the lifetime."""
-        keys = []
-        for l in self.net.plastic_layers:
-            keys.append(weight_key(l))
-            if self.plastic_bias:
-                keys.append(bias_key(l))
-        return keys
+    def bias_keys(self) -> list[str]:
+        """The biases that change during the lifetime."""
+        return [bias_key(l) for l in self.net.plastic_layers] if self.plastic_bias else []
+
+
+def _coef_2d(p: Tensor) -> Tensor:
+    return p.reshape((1,) * (2 - p.dim()) + tuple(p.shape))
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def _adjoint_step(
@@ -160,11 +187,12 @@ def _adjoint_step(
     scratch: Tensor | None,
     grad_p: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """Backward of W' = update(W, P, T, H) for one layer, in place.
+    """Backward of W' = update(W, P, T, H) for a group of layers (leading dimension), in place.
 
-    ``g`` holds dL/dW' on entry and the update path's part of dL/dW on exit. ``grad_p`` (P's
-    gradient accumulator, or None when P needs none) gets dL/dP added. ``d`` and ``scratch``
-    (needed for Oja or dL/dP) are buffers of g's shape. Returns dL/dT and dL/dH.
+    ``g`` (layers, tasks, out, in) holds dL/dW' on entry and the update path's part of dL/dW on
+    exit. ``grad_p`` (P's gradient accumulator, shaped like ``p``: (layers, 1, out|1, in|1), or
+    None when P needs none) gets dL/dP added. ``d`` and ``scratch`` (needed for Oja or dL/dP)
+    are buffers of g's shape. Returns dL/dT and dL/dH.
     """
     torch.mul(g, p, out=d)  # dL/d(bracket)
     grad_t = torch.matmul(h, d.transpose(-1, -2))
@@ -180,9 +208,9 @@ def _adjoint_step(
         m = torch.matmul(t.transpose(-1, -2), h, out=scratch)
         if oja:
             m.addcmul_(s, w, value=-1.0)
-        if grad_p.shape == g.shape[1:]:  # per-synapse coefficients: accumulate in place
-            for k in range(g.shape[0]):
-                grad_p.addcmul_(m[k], g[k])
+        if grad_p.shape[-2:] == g.shape[-2:]:  # per-synapse coefficients: accumulate in place
+            for k in range(g.shape[-3]):
+                grad_p.addcmul_(m.narrow(-3, k, 1), g.narrow(-3, k, 1))
         else:
             grad_p.add_(_sum_to(m.mul_(g), grad_p.shape))
     if oja:
@@ -191,38 +219,48 @@ def _adjoint_step(
 
 
 class _HebbianLifetime(torch.autograd.Function):
+    """Outputs: the final weights of every group, stacked (layers, tasks, out, in), then the
+    final plastic biases (tasks, out)."""
+
     @staticmethod
     def forward(ctx, spec: _LifetimeSpec, x: Tensor, y: Tensor, *tensors: Tensor):  # type: ignore[override]
         n_w = len(spec.weight_keys)
         weights = dict(zip(spec.weight_keys, tensors[:n_w]))
         prepared = dict(zip(spec.prepared_keys, tensors[n_w:]))
-        state_keys = spec.state_keys
+        bound = spec.model.bind(prepared, set())
+        coefs = [_stack([_coef_2d(prepared[f"coef.{l}.weight"]) for l in group]).unsqueeze(1) for group in spec.groups]
+        state = [_stack([weights[weight_key(l)] for l in group]).unsqueeze(1) for group in spec.groups]
         saved: list[Tensor] = []  # per step: the state (from step 1 on), then the pre-activations
         n_steps = x.shape[1]
         for step in range(n_steps):
             if step:
-                saved.extend(weights[k] for k in state_keys)
+                saved.extend(state)
+                saved.extend(weights[k] for k in spec.bias_keys)
             trace = spec.net.forward(weights, x[:, step])
             saved.extend(trace.pre)
-            targets = spec.targets(prepared, trace, y[:, step])
-            new = {}
-            for l in spec.net.plastic_layers:
-                wk, t = weight_key(l), targets[l]
-                new[wk] = _hebbian_forward(weights[wk], prepared[f"coef.{l}.weight"], t, trace.inputs[l], spec.oja)
-                if spec.plastic_bias:
-                    bk = bias_key(l)
-                    new[bk] = hebbian_bias_update(weights[bk], prepared[f"coef.{l}.bias"], t, spec.oja)
-            weights.update(new)
+            targets = bound.targets(trace, y[:, step])
+            for g, group in enumerate(spec.groups):
+                t = _stack([targets[l] for l in group])
+                h = _stack([trace.inputs[l] for l in group])
+                state[g] = _hebbian_forward(state[g], coefs[g], t, h, spec.oja)
+            new_bias = {
+                bias_key(l): hebbian_bias_update(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l], spec.oja)
+                for l in spec.net.plastic_layers
+            } if spec.plastic_bias else {}
+            for g, group in enumerate(spec.groups):
+                for j, l in enumerate(group):
+                    weights[weight_key(l)] = state[g][j]
+            weights.update(new_bias)
         ctx.spec = spec
         ctx.n_steps = n_steps
         ctx.save_for_backward(x, y, *tensors, *saved)
-        return tuple(weights[k] for k in state_keys)
+        return (*state, *(weights[k] for k in spec.bias_keys))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *grad_state: Tensor | None):  # type: ignore[override]
+    def backward(ctx, *grad_out: Tensor | None):  # type: ignore[override]
         spec: _LifetimeSpec = ctx.spec
-        net, oja = spec.net, spec.oja
+        net, oja, groups = spec.net, spec.oja, spec.groups
         n_layers = len(net.layers)
         last = n_layers - 1
         saved = ctx.saved_tensors
@@ -231,8 +269,8 @@ class _HebbianLifetime(torch.autograd.Function):
         inputs = saved[2:2 + n_w + n_p]
         per_step = saved[2 + n_w + n_p:]
         needs = ctx.needs_input_grad[3:]
-        state_keys = spec.state_keys
-        n_state = len(state_keys)
+        bias_keys = spec.bias_keys
+        n_state = len(groups) + len(bias_keys)
         n_tasks = x.shape[0]
         init = dict(zip(spec.weight_keys, inputs[:n_w]))
         prepared = dict(zip(spec.prepared_keys, inputs[n_w:]))
@@ -240,36 +278,38 @@ class _HebbianLifetime(torch.autograd.Function):
         need_p = dict(zip(spec.prepared_keys, needs[n_w:]))
         plastic = net.plastic_layers
         plastic_set = set(plastic)
-        acts = [spec.activation for spec in net.layers]
+        where = {l: (g, j) for g, group in enumerate(groups) for j, l in enumerate(group)}
+        acts = [layer.activation for layer in net.layers]
         coef_keys = {f"coef.{l}.{kind}" for l in plastic for kind in ("weight", "bias")}
         wanted = {k for k in spec.prepared_keys if need_p[k] and k not in coef_keys}
+        bound = spec.model.bind(prepared, wanted)
 
         # Adjoints of the plastic state (dL/d state after the step being processed).
-        adj: dict[str, Tensor] = {}
-        for k, g in zip(state_keys, grad_state):
+        adj: list[Tensor] = []
+        for group, g in zip(groups, grad_out):
+            shape = (len(group), n_tasks, *init[weight_key(group[0])].shape)
+            ref = init[weight_key(group[0])]
+            adj.append(g.expand(shape).clone(memory_format=torch.contiguous_format) if g is not None
+                       else ref.new_zeros(shape))
+        adj_bias: dict[str, Tensor] = {}
+        for k, g in zip(bias_keys, grad_out[len(groups):]):
             shape = (n_tasks, *init[k].shape)
-            if g is None:
-                adj[k] = init[k].new_zeros(shape)
-            else:
-                adj[k] = g.expand(shape).clone(memory_format=torch.contiguous_format)
+            adj_bias[k] = g.expand(shape).clone() if g is not None else init[k].new_zeros(shape)
         # Gradients accumulated over the lifetime.
         grads: dict[str, Tensor | None] = dict.fromkeys(spec.weight_keys + spec.prepared_keys)
-        for l in plastic:
-            ck = f"coef.{l}.weight"
-            if need_p[ck]:
-                grads[ck] = torch.zeros_like(prepared[ck])
+        coefs, grad_coefs = [], []
+        for group in groups:
+            keys = [f"coef.{l}.weight" for l in group]
+            coefs.append(_stack([_coef_2d(prepared[k]) for k in keys]).unsqueeze(1))
+            grad_coefs.append(torch.zeros_like(coefs[-1]) if any(need_p[k] for k in keys) else None)
         for l in range(n_layers):
             if l not in plastic_set and need_w[weight_key(l)]:
                 grads[weight_key(l)] = torch.zeros_like(init[weight_key(l)])
-        # Scratch buffers, shared by all layers.
-        largest = max(init[weight_key(l)].numel() for l in plastic) if plastic else 0
-        buf_d = init[state_keys[0]].new_empty(n_tasks * largest) if plastic else None
-        buf_m = init[state_keys[0]].new_empty(n_tasks * largest) if plastic else None
-
-        def scratch(buf: Tensor, l: int) -> Tensor:
-            shape = (n_tasks, *init[weight_key(l)].shape)
-            return buf[: n_tasks * init[weight_key(l)].numel()].view(shape)
-
+        # Scratch buffers, shared by all groups.
+        largest = max((a.numel() for a in adj), default=0)
+        buf_d = x.new_empty(largest)
+        buf_m = x.new_empty(largest)
+        init_state = [_stack([init[weight_key(l)] for l in group]).unsqueeze(1) for group in groups]
         lowest = min(
             [*plastic, *(l for l in range(n_layers) if need_w[weight_key(l)] or need_w[bias_key(l)])],
             default=n_layers,
@@ -278,81 +318,103 @@ class _HebbianLifetime(torch.autograd.Function):
         for step in range(ctx.n_steps - 1, -1, -1):
             begin = step * (n_state + n_layers) - n_state if step else 0
             if step:
-                state = dict(zip(state_keys, per_step[begin:begin + n_state]))
+                state = list(per_step[begin:begin + len(groups)])
+                biases = dict(zip(bias_keys, per_step[begin + len(groups):begin + n_state]))
                 begin += n_state
             else:
-                state = {k: init[k] for k in state_keys}
-            weights = {**init, **state}
+                state = init_state
+                biases = {k: init[k] for k in bias_keys}
+            weights = dict(init)
+            weights.update(biases)
+            for g, group in enumerate(groups):
+                for j, l in enumerate(group):
+                    weights[weight_key(l)] = state[g][j] if step else init[weight_key(l)]
             pre = per_step[begin:begin + n_layers]
             post = [get_activation(acts[l]).fn(pre[l]) for l in range(n_layers)]
             trace = Trace(post[-1], [x[:, step], *post[:-1]], list(pre), post)
             y_step = y[:, step]
-            targets = spec.targets(prepared, trace, y_step)
+            targets = bound.targets(trace, y_step)
 
-            # Weight-sized part, by hand, and the biases' update path.
+            # Weight-sized part, by hand, group by group.
             grad_post: dict[int, Tensor] = {}
             grad_targets: dict[int, Tensor] = {}
-            for l in plastic:
-                wk, t, h = weight_key(l), targets[l], trace.inputs[l]
+            for g, group in enumerate(groups):
+                t = _stack([targets[l] for l in group])
+                h = _stack([trace.inputs[l] for l in group])
+                size = adj[g].numel()
                 grad_t, grad_h = _adjoint_step(
-                    adj[wk], state[wk], prepared[f"coef.{l}.weight"], t, h, oja,
-                    scratch(buf_d, l), scratch(buf_m, l), grads[f"coef.{l}.weight"],
+                    adj[g], state[g], coefs[g], t, h, oja,
+                    buf_d[:size].view(adj[g].shape), buf_m[:size].view(adj[g].shape), grad_coefs[g],
                 )
-                if spec.plastic_bias:
-                    bk, pk = bias_key(l), f"coef.{l}.bias"
-                    g_b, p_b, b = adj[bk], prepared[pk], state[bk]
+                for j, l in enumerate(group):
+                    grad_targets[l] = grad_t[j]
+                    if l > 0:
+                        grad_post[l - 1] = grad_h[j]
+            # The biases' update path.
+            if spec.plastic_bias:
+                for l in plastic:
+                    bk, pk, t, grad_t = bias_key(l), f"coef.{l}.bias", targets[l], grad_targets[l]
+                    g_b, p_b, b = adj_bias[bk], prepared[pk], biases[bk]
                     g_hebb = g_b * p_b  # dL/d(hebb_b)
-                    grad_t.add_(g_hebb.unsqueeze(-2))
+                    grad_t = grad_targets[l] = grad_t + g_hebb.unsqueeze(-2)
                     hebb_b = t.sum(-2)
                     if oja:
                         s_b = (t * t).sum(-2)
                         grad_t.addcmul_(t, (g_hebb * b).unsqueeze(-2), value=-2.0)
                         hebb_b = hebb_b - s_b * b
-                        adj[bk] = g_b - g_hebb * s_b
+                        adj_bias[bk] = g_b - g_hebb * s_b
                     if need_p[pk]:
                         grads[pk] = _add(grads[pk], _sum_to(g_b * hebb_b, p_b.shape))
-                grad_targets[l] = grad_t
-                if l > 0:
-                    grad_post[l - 1] = grad_h
 
             # Small part: the rule's target activities, then the network, by hand.
-            grad_rule_post, grad_rule = spec.targets_vjp(prepared, trace, y_step, grad_targets, wanted)
-            for l, g in grad_rule_post.items():
+            for l, g in bound.backward(trace, y_step, grad_targets).items():
                 grad_post[l] = _add(grad_post.get(l), g)
-            for k, g in grad_rule.items():
-                grads[k] = _add(grads[k], g)
             for l in range(last, lowest - 1, -1):
                 g = grad_post.get(l)
                 if g is None:
                     continue
                 delta = activation_vjp(acts[l], g, pre[l])
                 wk, bk, h = weight_key(l), bias_key(l), trace.inputs[l]
-                if spec.plastic_bias and l in plastic_set:
-                    adj[bk] = adj[bk] + delta.sum(-2)
+                if bk in adj_bias:
+                    adj_bias[bk] = adj_bias[bk] + delta.sum(-2)
                 elif need_w[bk]:
                     grads[bk] = _add(grads[bk], delta.sum((0, 1)))
                 if l in plastic_set:
-                    adj[wk].baddbmm_(delta.transpose(-1, -2), h)
+                    gi, j = where[l]
+                    adj[gi][j].baddbmm_(delta.transpose(-1, -2), h)
                 elif need_w[wk]:
                     grads[wk].addmm_(delta.reshape(-1, delta.shape[-1]).t(), h.reshape(-1, h.shape[-1]))
                 if l > lowest:
                     grad_post[l - 1] = _add(grad_post.get(l - 1), torch.matmul(delta, weights[wk]))
 
+        grads.update(bound.grads())
+        for g, group in enumerate(groups):
+            for j, l in enumerate(group):
+                grads[weight_key(l)] = _sum_to(adj[g][j], init[weight_key(l)].shape)
+                if grad_coefs[g] is not None:
+                    grads[f"coef.{l}.weight"] = grad_coefs[g][j, 0]
+        for k, g in adj_bias.items():
+            grads[k] = _sum_to(g, init[k].shape)
         result: list[Tensor | None] = [None, None, None]
         for k, v in [*init.items(), *prepared.items()]:
             needed = need_w[k] if k in need_w else need_p[k]
-            if not needed:
-                result.append(None)
-                continue
-            g = _sum_to(adj[k], v.shape) if k in adj else grads[k]
-            result.append(g.reshape(v.shape) if g is not None else torch.zeros_like(v))
+            g = grads[k]
+            result.append(None if not needed else g.reshape(v.shape) if g is not None else torch.zeros_like(v))
         return tuple(result)
+
+
+def _groups(net: MLP, weights: dict[str, Tensor], prepared: dict[str, Tensor]) -> tuple[tuple[int, ...], ...]:
+    """Plastic layers whose weights and coefficients have one shape, to be updated together."""
+    by_shape: dict[tuple, list[int]] = {}
+    for l in net.plastic_layers:
+        key = (tuple(weights[weight_key(l)].shape), tuple(_coef_2d(prepared[f"coef.{l}.weight"]).shape))
+        by_shape.setdefault(key, []).append(l)
+    return tuple(tuple(group) for group in by_shape.values())
 
 
 def hebbian_lifetime(
     net: MLP,
-    targets: Targets,
-    targets_vjp: TargetsVJP,
+    model: TargetModel,
     weights: dict[str, Tensor],
     prepared: dict[str, Tensor],
     x: Tensor,
@@ -362,13 +424,18 @@ def hebbian_lifetime(
 ) -> dict[str, Tensor]:
     """Weights after a lifetime of Hebb/Oja steps, as one autograd node.
 
-    ``targets(prepared, trace, y_step)`` gives the target activity of every plastic layer and
-    ``targets_vjp(prepared, trace, y_step, grad_targets, wanted)`` its backward: the gradients
-    w.r.t. the post-activations ``trace.post[l]`` (the output is ``post[-1]``) and w.r.t. the
-    prepared parameters named in ``wanted`` (all but the coefficients). Layer l's coefficients are ``prepared["coef.{l}.weight"]`` (and ``"coef.{l}.bias"`` for
-    plastic biases). ``x`` (T, S, B, n_in), ``y`` (T, S, B, n_out), S >= 1, neither requiring
-    grad. Gradients flow to ``weights`` (the initial ones) and ``prepared``.
+    ``model`` gives the target activity of every plastic layer and its backward pass (see
+    ``TargetModel``) from the prepared parameters other than the coefficients. Layer l's
+    coefficients are ``prepared["coef.{l}.weight"]`` (and ``"coef.{l}.bias"`` for plastic biases).
+    ``x`` (T, S, B, n_in), ``y`` (T, S, B, n_out), S >= 1, neither requiring grad. Gradients
+    flow to ``weights`` (the initial ones) and ``prepared``.
     """
-    spec = _LifetimeSpec(net, targets, targets_vjp, oja, plastic_bias, tuple(weights), tuple(prepared))
+    groups = _groups(net, weights, prepared)
+    spec = _LifetimeSpec(net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups)
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())
-    return {**weights, **dict(zip(spec.state_keys, out))}
+    final = dict(weights)
+    for stacked, group in zip(out, groups):
+        for j, l in enumerate(group):
+            final[weight_key(l)] = stacked[j]
+    final.update(zip(spec.bias_keys, out[len(groups):]))
+    return final
