@@ -328,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sizes: {args.functions} functions x {args.steps_per_function} steps x batch {args.batch}, "
           f"hidden {','.join(map(str, args.hidden))}, {args.dtype}, "
           f"median of {args.repeats} after {args.warmup} warm-up")
-    header = (f"{'rule':<24} {'s/step':>7} {'peak RSS':>9} {'base RSS':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
+    header = (f"{'rule':<30} {'s/step':>7} {'peak RSS':>9} {'base RSS':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
               f"{'matmul':>7} {'roofline':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['label']:<24} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
+        print(f"{r['label']:<30} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
               f"{r['gflop']:>7.3g} {r['gflops']:>8.3g} {r['matmul_gflops']:>7.1f} "
               f"{r['gflops'] / r['matmul_gflops']:>8.2f}")
     if args.json:
