@@ -122,3 +122,13 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): to_plain(v) for k, v in obj.items()}
     return obj
+
+
+def build_named(registry: dict[str, type], spec: Any, section: str, kind: str) -> Any:
+    """Build the entry of ``registry`` named by ``spec["name"]`` from the rest of ``spec``."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"config section '{section}' must be a mapping with a 'name'")
+    name = spec["name"]
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} '{name}' (known: {', '.join(sorted(registry))})")
+    return build_dataclass(registry[name], spec, section)
