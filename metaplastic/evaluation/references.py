@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
@@ -32,43 +33,21 @@ def online_sgd(experiment: Experiment, lr: float) -> tuple[MLP, SGDRule, dict[st
 
 def evaluate_online_sgd(experiment: Experiment, episodes: int | None = None) -> dict[str, Any]:
     """Best-of-grid online SGD, the learning rate chosen per order on validation episodes."""
-    cfg = experiment.config
-    ev = cfg.eval
+    ev = experiment.config.eval
+
+    def score(lr: float, order: str, n_episodes: int, seed: int) -> dict[str, Any]:
+        net, rule, meta = online_sgd(experiment, lr)
+        res = evaluate_rule(net, rule, meta, experiment.task, experiment.loss, n_episodes,
+                            ev.points_per_function, seed, ev.batch, orders=(order,))
+        return res[order]
+
     out: dict[str, Any] = {}
-    validation: dict[str, dict[float, float]] = {}
+    validation: dict[str, dict[str, float]] = {}
     for order in ("continual", "iid"):
-        scores = {}
-        for lr in ev.sgd_lrs:
-            net, rule, meta = online_sgd(experiment, lr)
-            res = evaluate_rule(
-                net,
-                rule,
-                meta,
-                experiment.task,
-                experiment.loss,
-                ev.validation_episodes,
-                ev.points_per_function,
-                ev.seed + 1,
-                ev.batch,
-                orders=(order,),
-            )
-            mse = res[order]["mse"]
-            scores[lr] = mse if mse == mse else float("inf")
+        mses = {lr: score(lr, order, ev.validation_episodes, ev.seed + 1)["mse"] for lr in ev.sgd_lrs}
+        scores = {lr: m if math.isfinite(m) else float("inf") for lr, m in mses.items()}
         best = min(scores, key=scores.get)
-        validation[order] = scores
-        net, rule, meta = online_sgd(experiment, best)
-        res = evaluate_rule(
-            net,
-            rule,
-            meta,
-            experiment.task,
-            experiment.loss,
-            episodes or ev.episodes,
-            ev.points_per_function,
-            ev.seed,
-            ev.batch,
-            orders=(order,),
-        )
-        out[order] = {**res[order], "lr": best}
-    out["validation_mse_by_lr"] = {o: {str(k): v for k, v in s.items()} for o, s in validation.items()}
+        validation[order] = {str(lr): m for lr, m in scores.items()}
+        out[order] = {**score(best, order, episodes or ev.episodes, ev.seed), "lr": best}
+    out["validation_mse_by_lr"] = validation
     return out

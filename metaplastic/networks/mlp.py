@@ -128,17 +128,3 @@ class MLP:
             pre.append(a)
             post.append(h)
         return Trace(h, inputs, pre, post)
-
-    def check_params(self, params: dict[str, Tensor]) -> None:
-        """Raise ShapeError when a parameter dict does not fit this network."""
-        for i, spec in enumerate(self.layers):
-            for key, shape in (
-                (weight_key(i), (spec.out_features, spec.in_features)),
-                (bias_key(i), (spec.out_features,)),
-            ):
-                if key not in params:
-                    raise ShapeError(f"missing parameter '{key}'")
-                if tuple(params[key].shape[-len(shape):]) != shape:
-                    raise ShapeError(
-                        f"parameter '{key}' has shape {tuple(params[key].shape)}, expected {shape}"
-                    )

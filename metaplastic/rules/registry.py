@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from metaplastic.config_utils import build_named
@@ -16,7 +15,3 @@ RULES: dict[str, type] = {"flp": FLPRule, "sgd": SGDRule}
 def build_rule(spec: dict[str, Any]) -> Rule:
     """``spec`` is the ``rule`` section of a config: ``{"name": ..., **hyper-parameters}``."""
     return build_named(RULES, spec, "rule", "rule")
-
-
-def rule_to_dict(rule: Rule) -> dict[str, Any]:
-    return dataclasses.asdict(rule)
