@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from metaplastic.kernels import native
 from metaplastic.networks import MLP, Trace, bias_key, get_activation, weight_key
 
 
@@ -61,8 +62,10 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
 def _hebbian_forward(w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool) -> Tensor:
     """The new weights, computed into one fresh buffer (no graph)."""
     m = torch.matmul(t.transpose(-1, -2), h)
-    if oja:
-        s = (t * t).sum(-2).unsqueeze(-1)
+    s = (t * t).sum(-2).unsqueeze(-1) if oja else None
+    if native.hebbian_forward(m, w, p, s):
+        return m
+    if s is not None:
         m.addcmul_(s, w, value=-1.0)
     return torch.addcmul(w, m, p, out=m)  # m is a fresh buffer: update it in place
 
@@ -176,6 +179,24 @@ def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
+def _native_adjoint_step(
+    g: Tensor, w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool, d: Tensor, scratch: Tensor | None,
+    grad_p: Tensor | None,
+) -> tuple[bool, Tensor | None]:
+    """``_adjoint_step``'s weight-sized passes as one native pass (see metaplastic.kernels)."""
+    if grad_p is not None and grad_p.shape[-2:] != g.shape[-2:]:
+        return False, None  # coefficients broadcast over synapses: the torch path sums them
+    if not native.usable(g):
+        return False, None
+    s = (t * t).sum(-2).unsqueeze(-1) if oja else None
+    d_s = g.new_empty(g.shape[:-1] + (1,)) if oja else None
+    m = None
+    if grad_p is not None:
+        assert scratch is not None
+        m = torch.matmul(t.transpose(-1, -2), h, out=scratch)
+    return native.hebbian_adjoint(g, d, d_s, grad_p, p, w, m, s), d_s
+
+
 def _adjoint_step(
     g: Tensor,
     w: Tensor,
@@ -194,6 +215,12 @@ def _adjoint_step(
     None when P needs none) gets dL/dP added. ``d`` and ``scratch`` (needed for Oja or dL/dP)
     are buffers of g's shape. Returns dL/dT and dL/dH.
     """
+    done, d_s = _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p)
+    if done:
+        grad_t = torch.matmul(h, d.transpose(-1, -2))
+        if d_s is not None:
+            grad_t.addcmul_(t, d_s.transpose(-1, -2), value=-2.0)
+        return grad_t, torch.matmul(t, d)
     torch.mul(g, p, out=d)  # dL/d(bracket)
     grad_t = torch.matmul(h, d.transpose(-1, -2))
     grad_h = torch.matmul(t, d)

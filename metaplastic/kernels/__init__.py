@@ -1,0 +1,1 @@
+"""Optional native CPU kernels (compiled on first use; pure-torch fallbacks elsewhere)."""
