@@ -22,11 +22,23 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
+class ConvConfig:
+    """Convolutional feature extractor for image tasks: frozen in the lifetime, meta-learned."""
+
+    channels: tuple[int, ...] = (64, 64, 64, 64)
+    strides: tuple[int, ...] = (2, 1, 2, 1)
+    kernel: int = 3
+    padding: int = 0
+    normalize: bool = False
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     hidden: tuple[int, ...] = (300, 300, 300, 300, 300, 900, 300, 300)
     activation: str = "relu"
     output_activation: str = "identity"
     plastic: tuple[int, ...] | None = None
+    conv: ConvConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,9 @@ class MetaConfig:
     steps: int = 1000
     meta_batch: int = 1
     lr: dict[str, float | None] = field(
-        default_factory=lambda: {"init": 1e-4, "feedback": 1e-4, "coef": 1e-8, "beta": 1e-4, "lr": None}
+        default_factory=lambda: {
+            "init": 1e-4, "feedback": 1e-4, "coef": 1e-8, "beta": 1e-4, "lr": None, "inverse": None, "tp": None
+        }
     )
     grad_clip: float | None = None
     checkpoint_every: int = 100
@@ -61,8 +75,11 @@ class EvalConfig:
     batch: int = 50
     sgd_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.05, 0.1)
     validation_episodes: int = 20
+    classes: tuple[int, ...] = (5, 10, 20, 50, 100)  # classification: numbers of classes learned
 
     def __post_init__(self) -> None:
+        if not self.classes or min(self.classes) < 1:
+            raise ConfigError(f"eval.classes must list numbers of classes >= 1, got {list(self.classes)}")
         if self.episodes < 1 or self.points_per_function < 1 or self.batch < 1 or self.validation_episodes < 1:
             raise ConfigError(
                 "eval.episodes, eval.points_per_function, eval.batch, eval.validation_episodes must be >= 1"

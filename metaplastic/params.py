@@ -2,14 +2,16 @@
 
 Groups: ``init`` (initial weights and biases of every layer, frozen ones included),
 ``feedback`` (feedback pathways), ``coef`` (plasticity coefficients), ``beta`` (feedback
-strengths), ``lr`` (inner step sizes). The meta-trainer gives each group its own optimiser.
+strengths), ``lr`` (inner step sizes), ``inverse`` (initial inverse networks of target
+propagation), ``tp`` (target propagation's alpha and noise sigma). The meta-trainer gives each
+group its own optimiser.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-GROUPS = ("init", "feedback", "coef", "beta", "lr")
+GROUPS = ("init", "feedback", "coef", "beta", "lr", "inverse", "tp")
 
 
 def group_of(key: str) -> str:

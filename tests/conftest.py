@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import pytest
 import torch
 
 from metaplastic.config import config_from_dict, deep_merge
+
+# CLI tests track to the run folder only; a test that exercises wandb asks for it explicitly.
+os.environ.setdefault("WANDB_MODE", "disabled")
 
 # Inner-loop tensors in this suite are tiny; more threads only add overhead.
 torch.set_num_threads(1)

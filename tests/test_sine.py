@@ -165,7 +165,7 @@ def test_validation(kwargs):
 
 
 def test_build_task_errors():
-    with pytest.raises(ConfigError, match="known: sine"):
+    with pytest.raises(ConfigError, match=r"unknown task .omniglot. \(known: .*sine"):
         build_task({"name": "omniglot"})
     with pytest.raises(ConfigError, match="task.n_funcs"):
         build_task({"name": "sine", "n_funcs": 3})

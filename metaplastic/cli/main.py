@@ -1,4 +1,4 @@
-"""``metaplastic`` command line: train, evaluate, suite.
+"""``metaplastic`` command line: train, evaluate, analyze, suite, compare.
 
 Errors caused by input (configs, data, checkpoints, a diverging run) print one line
 ``error: ...`` on stderr and exit with status 2; nothing is lost, since checkpoints are written
@@ -24,22 +24,55 @@ def _train(args: argparse.Namespace) -> None:
     if args.device:
         overrides.append(f"device={args.device}")
     cfg = load_config(args.config, overrides)
-    trainer = train(cfg, resume=args.resume, progress=not args.no_progress)
+    from metaplastic.tracking import TrainingTracking, resolve_mode
+
+    tracking = TrainingTracking(cfg, resolve_mode(args.wandb))
+    try:
+        trainer = train(cfg, resume=args.resume, progress=not args.no_progress, on_step=tracking)
+    finally:
+        tracking.close(cfg.run_dir / "checkpoint.pt")
     last = trainer.step
     print(f"meta-trained {cfg.name} for {last} steps; checkpoint: {cfg.run_dir / 'checkpoint.pt'}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from metaplastic.evaluation.checkpoint_eval import evaluate_checkpoint
-    from metaplastic.evaluation.report import format_table, plot_curves, write_json
+    from metaplastic.evaluation.classification import format_accuracy_table, is_classification, plot_accuracy
+    from metaplastic.evaluation.report import format_table, plot_curves, result_rows, write_json
+    from metaplastic.tracking import make_tracker, resolve_mode
 
+    mode = resolve_mode(args.wandb)
     ckpt = Path(args.checkpoint)
     experiment, results = evaluate_checkpoint(ckpt, references=not args.no_references, device=args.device)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    if is_classification(experiment):
+        print(format_accuracy_table(results))
+        write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
+        plot_accuracy(results, out / "evaluation.png", title=f"{experiment.config.name}: accuracy vs classes learned")
+        name = f"{experiment.config.name}-evaluate"
+        with make_tracker(out, "evaluate", experiment.config.to_dict(), mode, name=name) as tracker:
+            tracker.image("evaluation", out / "evaluation.png")
+            tracker.artifact(out / "evaluation.json", name, "evaluation")
+        print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+        return
     print(format_table(results))
     write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
     plot_curves(results, out / "evaluation.png", title=experiment.config.name)
+    name = f"{experiment.config.name}-evaluate"
+    with make_tracker(out, "evaluate", experiment.config.to_dict(), mode, name=name) as tracker:
+        rows = result_rows(results)
+        tracker.table("evaluation", rows)
+        tracker.summary({f"{r['method']}/{r['order']}_mse": r["mse"] for r in rows})
+        tracker.image("evaluation", out / "evaluation.png")
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from metaplastic.analysis.command import run_analyze
+    from metaplastic.tracking import resolve_mode
+
+    mode = resolve_mode(args.wandb)
+    run_analyze(args.checkpoint, args.out, args.episodes, args.baseline, args.device, mode)
 
 
 def _suite(args: argparse.Namespace) -> None:
@@ -47,6 +80,36 @@ def _suite(args: argparse.Namespace) -> None:
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     run_suite(args.suite, overrides, progress=not args.no_progress, out_dir=args.out)
+
+
+def _wandb_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wandb",
+        choices=["online", "offline", "disabled"],
+        help="wandb mode (default: WANDB_MODE, else online with an API key, offline without); "
+        "a local record goes to <run folder>/tracking/<command>/ in every mode",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from metaplastic.training.compare import compare, load_compare_config
+
+    overrides = [*args.overrides, *([f"out_dir={args.out}"] if args.out else [])]
+    cfg = load_compare_config(args.config, overrides)
+    table, _ = compare(cfg, progress=not args.no_progress)
+    print(table)
+    out = cfg.run_dir
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'} and {out / 'learning_curves.png'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: the config's)")
+    _wandb_flag(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint (file or run folder)")
@@ -67,7 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-references", action="store_true", help="skip the untrained and online-SGD references")
     p.add_argument("--out", help="folder for evaluation.json/png (default: the checkpoint's folder)")
     p.add_argument("--device", help="torch device to evaluate on (default: the config's)")
+    _wandb_flag(p)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("analyze", help="compare a checkpoint's inner-loop updates with gradient descent")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--baseline", default="sgd", choices=["sgd", "none"],
+                   help="also measure SGD at matched update norm (default sgd)")
+    p.add_argument("--out", help="folder for analysis.json and figures (default: <checkpoint folder>/analysis)")
+    p.add_argument("--episodes", type=_positive_int, default=32, help="held-out episodes (default 32)")
+    p.add_argument("--device", help="torch device (default: the config's)")
+    _wandb_flag(p)
+    p.set_defaults(func=_analyze)
 
     p = sub.add_parser("suite", help="train and evaluate the runs of a suite file, print a comparison")
     p.add_argument("suite", help="suite YAML (e.g. experiments/quick.yaml)")
@@ -76,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", help="torch device for every run")
     p.set_defaults(func=_suite)
+
+    p = sub.add_parser("compare", help="train a set of rules (no meta-learning) on mnist1d and digits, compare errors")
+    p.add_argument("config", help="comparison YAML (e.g. experiments/compare.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 datasets=[digits]")
+    p.add_argument("--out", help="output folder (default runs/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no per-rule progress lines")
+    p.set_defaults(func=_compare)
     return parser
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from metaplastic.config import config_from_dict
+from metaplastic.evaluation.classification import evaluate_classification, is_classification
 from metaplastic.evaluation.references import evaluate_online_sgd
 from metaplastic.evaluation.regression import evaluate_rule
 from metaplastic.meta.checkpoint import load_checkpoint
@@ -19,6 +20,8 @@ def rule_label(rule: Any) -> str:
         return f"FLP-{rule.form.capitalize()}"
     if isinstance(rule, SGDRule):
         return "OML (first-order)" if rule.first_order else "OML"
+    if callable(getattr(rule, "label", None)):
+        return rule.label()  # rules of the rule library label themselves (e.g. "FA + last-hidden BP")
     return str(getattr(rule, "name", type(rule).__name__))
 
 
@@ -34,6 +37,16 @@ def evaluate_trained(trainer: MetaTrainer, label: str | None = None, untrained: 
     return results
 
 
+def evaluate_trained_classification(trainer: MetaTrainer, untrained: bool = True) -> dict[str, Any]:
+    """Accuracy vs classes learned for the meta-trained rule and, if asked, its initial meta-parameters."""
+    exp = trainer.experiment
+    label = rule_label(exp.rule)
+    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_classification(exp, trainer.meta)}
+    if untrained:
+        results[f"{label} untrained init"] = evaluate_classification(exp, trainer.initial_meta)
+    return results
+
+
 def evaluate_checkpoint(
     path: str | Path, references: bool = True, device: str | None = None
 ) -> tuple[Experiment, dict[str, Any]]:
@@ -42,6 +55,8 @@ def evaluate_checkpoint(
     if device:
         config = config.replace(device=device)
     trainer = MetaTrainer.from_state_dict(payload, config)
+    if is_classification(trainer.experiment):
+        return trainer.experiment, evaluate_trained_classification(trainer, untrained=references)
     results = evaluate_trained(trainer, untrained=references)
     if references:
         results["online SGD, random init"] = evaluate_online_sgd(trainer.experiment)

@@ -29,6 +29,16 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def result_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The final MSEs as flat rows (method, order, mse, mse_se), e.g. for a tracker's table."""
+    return [
+        {"method": name, "order": order, "mse": res[order]["mse"], "mse_se": res[order]["mse_se"]}
+        for name, res in results.items()
+        for order in ("continual", "iid")
+        if res.get(order)
+    ]
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
 

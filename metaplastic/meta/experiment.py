@@ -13,8 +13,11 @@ import torch
 from torch import Tensor
 
 from metaplastic.config import ExperimentConfig
+from metaplastic.errors import ConfigError
 from metaplastic.losses import Loss, get_loss
 from metaplastic.networks import MLP
+from metaplastic.networks.conv import PREFIX as FEATURES
+from metaplastic.networks.conv import ConvEncoder
 from metaplastic.params import prefixed
 from metaplastic.rules import Rule, build_rule
 from metaplastic.tasks import Episodes, build_task
@@ -35,14 +38,25 @@ class Experiment:
     rule: Rule
     task: Any
     loss: Loss
+    encoder: ConvEncoder | None = None  # image tasks: features computed once per lifetime
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> Experiment:
         task = build_task(config.task)
-        sizes = [task.n_inputs, *config.network.hidden, task.n_outputs]
+        encoder, n_in = None, None
+        conv = config.network.conv
+        if conv is not None:
+            side = getattr(task, "image_side", None)
+            if side is None:
+                raise ConfigError("network.conv needs an image task (e.g. task.source: omniglot)")
+            encoder = ConvEncoder(
+                side, conv.channels, conv.strides, conv.kernel, conv.padding, normalize=conv.normalize
+            )
+            n_in = encoder.out_features
+        sizes = [n_in or task.n_inputs, *config.network.hidden, task.n_outputs]
         plastic = list(config.network.plastic) if config.network.plastic is not None else None
         net = MLP.build(sizes, config.network.activation, config.network.output_activation, plastic)
-        return cls(config, net, build_rule(config.rule), task, get_loss(task.loss_name))
+        return cls(config, net, build_rule(config.rule), task, get_loss(task.loss_name), encoder)
 
     @property
     def device(self) -> torch.device:
@@ -53,7 +67,24 @@ class Experiment:
         g = seeded_generator(self.config.seed, 0)
         dtype = self.config.torch_dtype
         meta = {**prefixed(self.net.init(g, dtype), "init"), **self.rule.init(self.net, g, dtype)}
+        if self.encoder is not None:
+            meta.update(prefixed(self.encoder.init(g, dtype), "init"))
         return {k: v.to(self.device) for k, v in meta.items()}
+
+    def head_meta(self, meta: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The meta-parameters of the network and rule, without the feature extractor's."""
+        return {k: v for k, v in meta.items() if not k.startswith("init." + FEATURES)}
+
+    def encode(self, meta: dict[str, Tensor], episodes: Episodes) -> Episodes:
+        """Episodes of feature vectors: every image through the shared (frozen) conv stage."""
+        if self.encoder is None:
+            return episodes
+        params = {k[len("init."):]: v for k, v in meta.items() if k.startswith("init." + FEATURES)}
+        xs = (episodes.x, episodes.query_x, episodes.remember_x)
+        flat = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs])
+        feats = self.encoder.forward(params, flat).split([t[..., 0].numel() for t in xs])
+        x, qx, rx = (f.reshape(*t.shape[:-1], self.encoder.out_features) for f, t in zip(feats, xs))
+        return episodes._replace(x=x, query_x=qx, remember_x=rx)
 
     def training_episodes(self, step: int) -> Episodes:
         g = seeded_generator(self.config.seed, 1, step)

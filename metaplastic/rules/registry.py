@@ -5,11 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from metaplastic.config_utils import build_named
+from metaplastic.rules.backward_paths import PATHS, BackwardPathRule
 from metaplastic.rules.base import Rule
 from metaplastic.rules.flp import FLPRule
+from metaplastic.rules.polynomial import PolynomialRule
 from metaplastic.rules.sgd import SGDRule
+from metaplastic.rules.target_prop import TargetPropRule
+from metaplastic.rules.torch_optim import TorchOptimRule
 
-RULES: dict[str, type] = {"flp": FLPRule, "sgd": SGDRule}
+RULES: dict[str, type] = {
+    "flp": FLPRule,
+    "sgd": SGDRule,
+    **{path: BackwardPathRule for path in PATHS},  # bp, fa, dfa, usf, frsf, brsf
+    "dtp": TargetPropRule,
+    "sdtp": TargetPropRule,
+    "poly": PolynomialRule,
+    "torch_optim": TorchOptimRule,
+}
 
 
 def build_rule(spec: dict[str, Any]) -> Rule:

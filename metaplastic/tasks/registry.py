@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from metaplastic.config_utils import build_named
+from metaplastic.tasks.classification import ClassificationStream
 from metaplastic.tasks.sine import SineRegression
 
-TASKS: dict[str, type] = {"sine": SineRegression}
+TASKS: dict[str, type] = {"sine": SineRegression, "classification": ClassificationStream}
 
 
 def build_task(spec: dict[str, Any]) -> Any:

@@ -1,0 +1,124 @@
+"""Continual classification: accuracy on held-out samples of all classes learned, vs their number.
+
+For every N in ``eval.classes`` and both orders, ``eval.episodes`` independent lifetimes each
+learn N unseen classes (test split) from their k shots, then classify the query samples of all
+N classes (argmax over every output unit). Continual and i.i.d. use the same generator seed, so
+they see the same classes, samples and labels and differ only in presentation order. The
+interval is the 95% Student-t confidence interval of the mean over lifetimes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaplastic.meta.experiment import Experiment, seeded_generator
+from metaplastic.meta.lifetime import run_lifetime
+from metaplastic.tasks import Episodes
+from metaplastic.tasks.classification import ORDERS
+
+
+def is_classification(experiment: Experiment) -> bool:
+    return getattr(experiment.task, "name", None) == "classification"
+
+
+@torch.no_grad()
+def episode_accuracy(experiment: Experiment, meta: dict[str, Tensor], episodes: Episodes) -> Tensor:
+    """Per-episode accuracy (T,) on the query samples after the whole lifetime."""
+    exp = experiment
+    episodes = exp.encode(meta, episodes)
+    weights = run_lifetime(exp.net, exp.rule, exp.head_meta(meta), episodes.x, episodes.y, exp.loss)
+    qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
+    predicted = exp.net.forward(weights, qx).output.argmax(-1)
+    return (predicted == qy.argmax(-1)).to(torch.float64).mean(-1)
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t confidence interval."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def evaluate_classification(experiment: Experiment, meta: dict[str, Tensor]) -> dict[str, Any]:
+    """{order: {"classes", "accuracy", "ci95", "chance", "runs"}} over ``eval.classes``."""
+    exp = experiment
+    ev = exp.config.eval
+    dtype = exp.config.torch_dtype
+    results: dict[str, Any] = {}
+    for order in ORDERS:
+        task = exp.task.with_order(order)
+        acc, ci = [], []
+        for n in ev.classes:
+            g = seeded_generator(ev.seed, n)
+            runs: list[float] = []
+            while len(runs) < ev.episodes:
+                size = min(ev.batch, ev.episodes - len(runs))
+                episodes = task.sample(size, g, split="test", n_classes=n).to(exp.device, dtype)
+                runs += episode_accuracy(exp, meta, episodes).tolist()
+            m, h = mean_ci95(runs)
+            acc.append(m)
+            ci.append(h)
+        results[order] = {
+            "classes": list(ev.classes),
+            "accuracy": acc,
+            "ci95": ci,
+            "chance": [1.0 / n for n in ev.classes],
+            "runs": ev.episodes,
+        }
+    return results
+
+
+def format_accuracy_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per method and order: accuracy (mean ± 95% CI) for each number of classes."""
+    first = next(iter(results.values()))
+    classes = first["continual"]["classes"]
+    name_w = max(len("method"), *(len(n) for n in results))
+    head = f"{'method':<{name_w}}  {'order':<9}" + "".join(f"  {f'{n} classes':>15}" for n in classes)
+    lines = [head, "-" * len(head)]
+    for name, res in results.items():
+        for order in ORDERS:
+            r = res[order]
+            cells = "".join(f"  {f'{a:.3f} ± {h:.3f}':>15}" for a, h in zip(r["accuracy"], r["ci95"]))
+            lines.append(f"{name:<{name_w}}  {order:<9}{cells}")
+    chance = "".join(f"  {f'{1.0 / n:.3f}':>15}" for n in classes)
+    lines.append(f"{'chance':<{name_w}}  {'':<9}{chance}")
+    return "\n".join(lines)
+
+
+def plot_accuracy(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> None:
+    """Accuracy vs number of classes learned, continual and i.i.d. panels, 95% CI bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, order in zip(axes, ORDERS):
+        for name, res in results.items():
+            r = res[order]
+            ax.errorbar(r["classes"], r["accuracy"], yerr=r["ci95"], marker="o", capsize=3, label=name)
+        r = next(iter(results.values()))[order]
+        ax.plot(r["classes"], r["chance"], "k--", label="chance")
+        ax.set_xscale("log")
+        ax.set_xticks(r["classes"], [str(n) for n in r["classes"]])
+        ax.set_xlabel("classes learned")
+        ax.set_title(order)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy on held-out samples")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

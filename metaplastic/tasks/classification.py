@@ -1,0 +1,202 @@
+"""N-way k-shot continual classification streams (OML / FLP Omniglot protocol).
+
+An episode draws N classes of one split and, for each class, k + q distinct samples: the k
+"shots" form the lifetime (batch 1, online), the q others are the held-out query set, so query
+and trajectory never share a sample. ``continual`` presents the classes one after another, all
+k shots of a class in a row; ``iid`` shuffles the same N*k samples. Each episode maps its N
+classes to N distinct output units drawn at random from ``n_outputs``, so every output unit is
+used across meta-training and a lifetime cannot rely on fixed class identities. Targets are
+one-hot. Everything is drawn from the generator passed to ``sample``.
+
+Sources: ``omniglot`` (images, split by alphabet or by character), ``digits`` and ``mnist1d``
+(feature vectors; their train and test samples of the same 10 classes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metaplastic.errors import ConfigError, DataError
+from metaplastic.tasks.base import Episodes
+
+ORDERS = ("continual", "iid")
+SOURCES = ("omniglot", "digits", "mnist1d")
+SPLITS = ("alphabet", "character")
+
+
+class ClassPool(NamedTuple):
+    """Samples of one split: x (N, D) float32 and the sample indices of every class."""
+
+    x: Tensor
+    members: tuple[Tensor, ...]
+    names: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.members)
+
+
+def assemble_episodes(
+    traj: Tensor, query: Tensor, labels: Tensor, n_outputs: int, order: str, remember_size: int, g: torch.Generator
+) -> Episodes:
+    """Episodes from per-class samples: traj (T, N, k, D), query (T, N, q, D), labels (T, N)
+    output units of the N classes. The lifetime is batch 1: x (T, N*k, 1, D)."""
+    T, N, k, D = traj.shape
+    q = query.shape[2]
+    slot = torch.arange(N).view(1, N, 1).expand(T, N, k).reshape(T, N * k)
+    x = traj.reshape(T, N * k, D)
+    if order == "iid":
+        perm = torch.argsort(torch.rand(T, N * k, generator=g), dim=1)
+        x, slot = x.gather(1, perm.unsqueeze(-1).expand(T, N * k, D)), slot.gather(1, perm)
+    y = F.one_hot(labels.gather(1, slot), n_outputs).to(x.dtype)
+    query_y = F.one_hot(labels.unsqueeze(-1).expand(T, N, q), n_outputs).to(x.dtype)
+    idx = torch.randint(0, N * k, (T, remember_size), generator=g)
+    remember_x = x.gather(1, idx.unsqueeze(-1).expand(T, remember_size, D))
+    remember_y = y.gather(1, idx.unsqueeze(-1).expand(T, remember_size, n_outputs))
+    boundaries = tuple(k * (i + 1) for i in range(N))
+    return Episodes(x.unsqueeze(2), y.unsqueeze(2), query, query_y, remember_x, remember_y, boundaries)
+
+
+@functools.lru_cache(maxsize=8)
+def _omniglot_pools(
+    root: str, image_size: int, cache_dir: str | None, split: str, test_alphabets: tuple[str, ...],
+    test_fraction: float, split_seed: int,
+) -> dict[str, ClassPool]:
+    from metaplastic.data.omniglot import load_omniglot
+
+    data = load_omniglot(root, image_size, cache_dir)
+    x = data.images.reshape(len(data.images), -1).to(torch.float32) / 255.0
+    members = data.class_members()
+    if split == "alphabet":
+        unknown = sorted(set(test_alphabets) - set(data.alphabets))
+        if unknown:
+            raise DataError(f"test alphabet '{unknown[0]}' not in the data (alphabets: {', '.join(data.alphabets)})")
+        is_test = [c.split("/")[0] in test_alphabets for c in data.classes]
+    else:
+        order = torch.randperm(len(data.classes), generator=torch.Generator().manual_seed(split_seed))
+        n_test = int(round(test_fraction * len(data.classes)))
+        test_set = set(order[:n_test].tolist())
+        is_test = [i in test_set for i in range(len(data.classes))]
+    pools = {}
+    for name, want in (("train", False), ("test", True)):
+        ids = [i for i, t in enumerate(is_test) if t == want]
+        pools[name] = ClassPool(x, tuple(members[i] for i in ids), tuple(data.classes[i] for i in ids))
+    return pools
+
+
+@functools.lru_cache(maxsize=4)
+def _array_pools(source: str) -> dict[str, ClassPool]:
+    from metaplastic.data.arrays import load_array_dataset
+
+    data = load_array_dataset(source)
+    pools = {}
+    for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+        members = tuple(torch.nonzero(y == c).flatten() for c in range(data.n_classes))
+        pools[name] = ClassPool(x, members, tuple(str(c) for c in range(data.n_classes)))
+    return pools
+
+
+@dataclass(frozen=True)
+class ClassificationStream:
+    name: str = "classification"
+    source: str = "omniglot"
+    root: str = "data/omniglot"
+    image_size: int = 28
+    cache_dir: str | None = None
+    split: str = "alphabet"
+    test_alphabets: tuple[str, ...] = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
+    test_fraction: float = 0.5
+    split_seed: int = 0
+    n_classes: int = 5
+    shots: int = 5
+    query_per_class: int = 5
+    order: str = "continual"
+    remember_size: int = 0
+    n_outputs: int = 100
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("source", SOURCES), ("order", ORDERS), ("split", SPLITS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"task.{key} must be one of {', '.join(allowed)}, got '{getattr(self, key)}'")
+        for key in ("image_size", "n_classes", "shots", "query_per_class", "n_outputs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"task.{key} must be >= 1, got {getattr(self, key)}")
+        if self.remember_size < 0:
+            raise ConfigError(f"task.remember_size must be >= 0, got {self.remember_size}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"task.test_fraction must lie in (0, 1), got {self.test_fraction}")
+        if self.n_classes > self.n_outputs:
+            raise ConfigError(f"task.n_classes ({self.n_classes}) exceeds task.n_outputs ({self.n_outputs})")
+
+    # ---- what the experiment needs to know ------------------------------------------
+    @property
+    def image_side(self) -> int | None:
+        """Side of the square images, or None for feature-vector sources."""
+        return self.image_size if self.source == "omniglot" else None
+
+    @property
+    def n_inputs(self) -> int:
+        if self.source == "omniglot":
+            return self.image_size**2
+        return int(self.pool("train").x.shape[1])
+
+    @property
+    def loss_name(self) -> str:
+        return "cross_entropy"
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_classes * self.shots
+
+    def with_order(self, order: str) -> ClassificationStream:
+        return dataclasses.replace(self, order=order)
+
+    def pool(self, split: str) -> ClassPool:
+        if split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', got '{split}'")
+        if self.source == "omniglot":
+            pools = _omniglot_pools(
+                self.root, self.image_size, self.cache_dir, self.split, tuple(self.test_alphabets),
+                self.test_fraction, self.split_seed,
+            )
+        else:
+            pools = _array_pools(self.source)
+        return pools[split]
+
+    # ---- sampling --------------------------------------------------------------------
+    def sample(
+        self, n_tasks: int, generator: torch.Generator, split: str = "train", n_classes: int | None = None
+    ) -> Episodes:
+        """Draw ``n_tasks`` episodes of ``n_classes`` (default: the task's) classes of ``split``."""
+        N = self.n_classes if n_classes is None else n_classes
+        k, q = self.shots, self.query_per_class
+        pool = self.pool(split)
+        if not 1 <= N <= min(pool.n_classes, self.n_outputs):
+            raise ConfigError(
+                f"cannot draw {N} classes: the {split} split has {pool.n_classes} classes and the network "
+                f"{self.n_outputs} outputs"
+            )
+        g = generator
+        picks, labels = [], []
+        for _ in range(n_tasks):
+            classes = torch.randperm(pool.n_classes, generator=g)[:N]
+            for c in classes.tolist():
+                m = pool.members[c]
+                if len(m) < k + q:
+                    raise DataError(
+                        f"class '{pool.names[c]}' has {len(m)} samples; shots + query_per_class need {k + q}"
+                    )
+                picks.append(m[torch.randperm(len(m), generator=g)[: k + q]])
+            labels.append(torch.randperm(self.n_outputs, generator=g)[:N])
+        samples = pool.x[torch.stack(picks)].reshape(n_tasks, N, k + q, -1)
+        return assemble_episodes(
+            samples[:, :, :k], samples[:, :, k:], torch.stack(labels), self.n_outputs, self.order,
+            self.remember_size, g,
+        )
