@@ -7,6 +7,7 @@ by building the task and rule objects when the config is loaded, so a typo fails
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,47 @@ class NetworkConfig:
     conv: ConvConfig | None = None
 
 
+UNROLL_MODES = ("full", "checkpoint", "truncate", "first_order")
+
+
+@dataclass(frozen=True)
+class UnrollConfig:
+    """How the meta-gradient goes through the inner loop (``meta.unroll``).
+
+    - ``full``: exact, through every inner step;
+    - ``checkpoint``: exact (the same numbers), keeping only every ``segment``-th state and
+      recomputing each segment in the backward pass: memory ~ steps/segment + segment weight
+      copies instead of steps, for about one more forward pass;
+    - ``truncate``: through the last ``last_steps`` inner steps only (the state before them is
+      treated as a constant, so plastic layers' initial weights get no meta-gradient);
+    - ``first_order``: every update is computed at detached weights, W' = W + u(stopgrad(W)):
+      the meta-gradient reaches the initial weights through the identity path only and the
+      rule's parameters through each update directly (first-order MAML generalised).
+    """
+
+    mode: str = "full"
+    segment: int | None = None  # checkpoint: inner steps per segment; null: about sqrt(steps)
+    last_steps: int | None = None  # truncate: K
+
+    def __post_init__(self) -> None:
+        if self.mode not in UNROLL_MODES:
+            raise ConfigError(f"meta.unroll.mode must be one of {', '.join(UNROLL_MODES)}, got '{self.mode}'")
+        if self.segment is not None and self.segment < 1:
+            raise ConfigError(f"meta.unroll.segment must be >= 1 or null, got {self.segment}")
+        if self.mode == "truncate" and (self.last_steps is None or self.last_steps < 1):
+            raise ConfigError("meta.unroll.mode 'truncate' needs meta.unroll.last_steps >= 1")
+        if self.last_steps is not None and self.last_steps < 1:
+            raise ConfigError(f"meta.unroll.last_steps must be >= 1 or null, got {self.last_steps}")
+
+    def segment_length(self, n_steps: int) -> int:
+        """Steps per checkpointed segment: ``segment`` or ceil(sqrt(n_steps))."""
+        return self.segment or max(1, math.ceil(math.sqrt(n_steps)))
+
+    def first_graph_step(self, n_steps: int) -> int:
+        """The first inner step the meta-gradient goes through."""
+        return max(0, n_steps - self.last_steps) if self.mode == "truncate" and self.last_steps else 0
+
+
 @dataclass(frozen=True)
 class MetaConfig:
     steps: int = 1000
@@ -51,6 +93,7 @@ class MetaConfig:
         }
     )
     grad_clip: float | None = None
+    unroll: UnrollConfig = field(default_factory=UnrollConfig)
     checkpoint_every: int = 100
     log_every: int = 10
 

@@ -7,16 +7,23 @@ no Python loop over tasks. Frozen layers stay shared for the whole lifetime.
 ``run_lifetime`` takes a rule's fused path when the rule has one (``rule.fused_lifetime``,
 same values, one autograd node for the whole lifetime) and a meta-gradient is being recorded;
 ``use_fused_lifetime(False)`` turns that off, e.g. to compare against the step-by-step graph.
+
+``unroll`` (``meta.unroll`` in configs) chooses how the meta-gradient goes through the inner
+loop: full, checkpointed segments (same numbers, less memory), truncated to the last K steps,
+or first order. The fused path does full, checkpoint and truncate itself; everything else runs
+step by step here (checkpointing with ``torch.utils.checkpoint``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
+from metaplastic.config import UnrollConfig
 from metaplastic.errors import ShapeError
 from metaplastic.losses import Loss
 from metaplastic.networks import MLP
@@ -64,10 +71,14 @@ def use_fused_lifetime(enabled: bool) -> Iterator[None]:
         _FUSED["enabled"] = previous
 
 
-def _takes_fused_path(rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor) -> bool:
+FULL = UnrollConfig()
+
+
+def _takes_fused_path(rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor, unroll: UnrollConfig) -> bool:
     return (
         _FUSED["enabled"]
         and hasattr(rule, "fused_lifetime")
+        and unroll.mode != "first_order"
         and torch.is_grad_enabled()
         and x.shape[1] > 0
         and any(v.requires_grad for v in meta.values())
@@ -75,12 +86,46 @@ def _takes_fused_path(rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor)
     )
 
 
-def run_lifetime(net: MLP, rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss) -> dict[str, Tensor]:
-    """Weights at the end of the lifetime."""
-    if _takes_fused_path(rule, meta, x, y):
-        check_stream(net, x, y)
-        return rule.fused_lifetime(net, meta, x, y, loss)
+def run_lifetime(
+    net: MLP, rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, unroll: UnrollConfig = FULL
+) -> dict[str, Tensor]:
+    """Weights at the end of the lifetime, with the meta-gradient path ``unroll`` asks for."""
+    check_stream(net, x, y)
+    if _takes_fused_path(rule, meta, x, y, unroll):
+        n_steps = x.shape[1]
+        segment = unroll.segment_length(n_steps) if unroll.mode == "checkpoint" else 0
+        return rule.fused_lifetime(net, meta, x, y, loss, segment=segment, start=unroll.first_graph_step(n_steps))
     weights = select(meta, "init")
-    for _, new in iterate_lifetime(net, rule, meta, x, y, loss):
-        weights = new
+    prepared = rule.prepare(net, meta)
+    n_steps = x.shape[1]
+    first_graph_step = unroll.first_graph_step(n_steps)
+    if unroll.mode == "checkpoint" and torch.is_grad_enabled():
+        segment = unroll.segment_length(n_steps)
+        for begin in range(0, n_steps, segment):
+            steps = range(begin, min(begin + segment, n_steps))
+            weights = checkpoint(_segment, net, rule, prepared, x, y, loss, steps, weights, use_reentrant=False)
+        return weights
+    for step in range(n_steps):
+        inputs = weights
+        if unroll.mode == "first_order":
+            inputs = {k: v.detach() for k, v in weights.items()}
+        trace = net.forward(inputs, x[:, step])
+        new = rule.step(net, inputs, prepared, trace, y[:, step], loss)
+        if unroll.mode == "first_order":
+            new = {k: weights[k] + (v - inputs[k]) if k in weights else v for k, v in new.items()}
+        elif step < first_graph_step:
+            # truncation: the state before the window is a constant, and no graph is kept for it
+            new = {k: v.detach() for k, v in new.items()}
+        weights = {**weights, **new}
+    return weights
+
+
+def _segment(
+    net: MLP, rule: Rule, prepared: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, steps: Sequence[int],
+    weights: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """Some inner steps from the given weights (the unit ``torch.utils.checkpoint`` recomputes)."""
+    for step in steps:
+        trace = net.forward(weights, x[:, step])
+        weights = {**weights, **rule.step(net, weights, prepared, trace, y[:, step], loss)}
     return weights

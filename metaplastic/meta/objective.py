@@ -6,16 +6,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from metaplastic.config import UnrollConfig
 from metaplastic.losses import Loss
-from metaplastic.meta.lifetime import run_lifetime
+from metaplastic.meta.lifetime import FULL, run_lifetime
 from metaplastic.networks import MLP
 from metaplastic.rules import Rule
 from metaplastic.tasks import Episodes
 
 
-def meta_loss(net: MLP, rule: Rule, meta: dict[str, Tensor], episodes: Episodes, loss: Loss) -> Tensor:
-    """Mean over tasks of the post-lifetime loss on query (+ remember) points."""
-    weights = run_lifetime(net, rule, meta, episodes.x, episodes.y, loss)
+def meta_loss(
+    net: MLP, rule: Rule, meta: dict[str, Tensor], episodes: Episodes, loss: Loss, unroll: UnrollConfig = FULL
+) -> Tensor:
+    """Mean over tasks of the post-lifetime loss on query (+ remember) points; ``unroll`` sets
+    how its gradient goes through the inner loop (``meta.unroll``)."""
+    weights = run_lifetime(net, rule, meta, episodes.x, episodes.y, loss, unroll)
     qx = episodes.query_x.flatten(1, 2)
     qy = episodes.query_y.flatten(1, 2)
     if episodes.remember_x.shape[1]:

@@ -58,7 +58,10 @@ class MetaTrainer:
         exp = self.experiment
         episodes = exp.training_episodes(self.step)
         check_finite(episodes)
-        loss = meta_loss(exp.net, exp.rule, exp.head_meta(self.meta), exp.encode(self.meta, episodes), exp.loss)
+        loss = meta_loss(
+            exp.net, exp.rule, exp.head_meta(self.meta), exp.encode(self.meta, episodes), exp.loss,
+            self.config.meta.unroll,
+        )
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DivergenceError(

@@ -32,6 +32,7 @@ Two levels:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -164,6 +165,8 @@ class _LifetimeSpec:
     weight_keys: tuple[str, ...]
     prepared_keys: tuple[str, ...]
     groups: tuple[tuple[int, ...], ...]  # plastic layers with weights and coefficients of one shape
+    segment: int = 0  # > 0: keep the state every `segment` steps, recompute the rest backward
+    start: int = 0  # the first step the meta-gradient goes through (truncation)
 
     @property
     def bias_keys(self) -> list[str]:
@@ -245,6 +248,97 @@ def _adjoint_step(
     return grad_t, grad_h
 
 
+def _initial_state(spec: _LifetimeSpec, weights: dict[str, Tensor]) -> list[Tensor]:
+    """The plastic weights of every group, stacked (layers, 1, out, in)."""
+    return [_stack([weights[weight_key(l)] for l in group]).unsqueeze(1) for group in spec.groups]
+
+
+def _run_steps(
+    spec: _LifetimeSpec, prepared: dict[str, Tensor], weights: dict[str, Tensor], state: list[Tensor], x: Tensor,
+    y: Tensor, steps: range, record: Callable[[int, list[Tensor], list[Tensor], list[Tensor]], None],
+) -> None:
+    """Inner steps without a graph, updating ``weights`` and ``state`` in place; ``record(step,
+    state, biases, pre-activations)`` sees every step's inputs before its update. The forward
+    pass and the recomputation of checkpointed segments both run this, so they agree exactly."""
+    bound = spec.model.bind(prepared, set())
+    coefs = [_stack([_coef_2d(prepared[f"coef.{l}.weight"]) for l in group]).unsqueeze(1) for group in spec.groups]
+    for step in steps:
+        trace = spec.net.forward(weights, x[:, step])
+        record(step, list(state), [weights[k] for k in spec.bias_keys], trace.pre)
+        targets = bound.targets(trace, y[:, step])
+        for g, group in enumerate(spec.groups):
+            t = _stack([targets[l] for l in group])
+            h = _stack([trace.inputs[l] for l in group])
+            state[g] = _hebbian_forward(state[g], coefs[g], t, h, spec.oja)
+        new_bias = {
+            bias_key(l): hebbian_bias_update(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l], spec.oja)
+            for l in spec.net.plastic_layers
+        } if spec.plastic_bias else {}
+        for g, group in enumerate(spec.groups):
+            for j, l in enumerate(group):
+                weights[weight_key(l)] = state[g][j]
+        weights.update(new_bias)
+
+
+class _Records:
+    """Each step's state, plastic biases and pre-activations for the backward pass.
+
+    Saved layout, steps ``start`` .. S-1 in order: without checkpointing, per step the state
+    and biases (not for step 0: they are the initial weights) then the pre-activations; with
+    checkpointing, only the state and biases at the first step of every segment (not at 0), and
+    a segment is recomputed from there when the backward pass reaches it."""
+
+    def __init__(
+        self, spec: _LifetimeSpec, init: dict[str, Tensor], prepared: dict[str, Tensor], x: Tensor, y: Tensor,
+        saved: tuple[Tensor, ...], n_steps: int,
+    ):
+        self.spec, self.init, self.prepared, self.x, self.y, self.n_steps = spec, init, prepared, x, y, n_steps
+        self.cache: dict[int, tuple[list[Tensor], dict[str, Tensor], list[Tensor]]] = {}
+        n_state = len(spec.groups) + len(spec.bias_keys)
+        n_layers = len(spec.net.layers)
+        self.where: dict[int, int] = {}
+        pos = 0
+        for step in range(spec.start, n_steps):
+            boundary = (step - spec.start) % spec.segment == 0 if spec.segment else True
+            if not spec.segment or boundary:
+                self.where[step] = pos
+            pos += (n_state if step and boundary else 0) + (0 if spec.segment else n_layers)
+        self.saved = saved
+
+    def _state_at(self, step: int) -> tuple[list[Tensor], dict[str, Tensor], int]:
+        n_groups, bias_keys = len(self.spec.groups), self.spec.bias_keys
+        pos = self.where[step]
+        if not step:
+            return [], {k: self.init[k] for k in bias_keys}, pos
+        state = list(self.saved[pos:pos + n_groups])
+        biases = dict(zip(bias_keys, self.saved[pos + n_groups:pos + n_groups + len(bias_keys)]))
+        return state, biases, pos + n_groups + len(bias_keys)
+
+    def pop(self, step: int) -> tuple[list[Tensor], dict[str, Tensor], list[Tensor]]:
+        spec = self.spec
+        if not spec.segment:
+            state, biases, pos = self._state_at(step)
+            return state, biases, list(self.saved[pos:pos + len(spec.net.layers)])
+        if step not in self.cache:
+            self.cache.clear()
+            begin = step - (step - spec.start) % spec.segment
+            state, biases, _ = self._state_at(begin)
+            weights = dict(self.init)
+            weights.update(biases)
+            if begin:
+                for g, group in enumerate(spec.groups):
+                    for j, l in enumerate(group):
+                        weights[weight_key(l)] = state[g][j]
+            else:
+                state = _initial_state(spec, self.init)
+
+            def keep(i: int, state_in: list[Tensor], biases_in: list[Tensor], pre: list[Tensor]) -> None:
+                self.cache[i] = (state_in, dict(zip(spec.bias_keys, biases_in)), pre)
+
+            _run_steps(spec, self.prepared, weights, state, self.x, self.y, range(begin, step + 1), keep)
+        return self.cache.pop(step)
+
+
 class _HebbianLifetime(torch.autograd.Function):
     """Outputs: the final weights of every group, stacked (layers, tasks, out, in), then the
     final plastic biases (tasks, out)."""
@@ -254,32 +348,22 @@ class _HebbianLifetime(torch.autograd.Function):
         n_w = len(spec.weight_keys)
         weights = dict(zip(spec.weight_keys, tensors[:n_w]))
         prepared = dict(zip(spec.prepared_keys, tensors[n_w:]))
-        bound = spec.model.bind(prepared, set())
-        coefs = [_stack([_coef_2d(prepared[f"coef.{l}.weight"]) for l in group]).unsqueeze(1) for group in spec.groups]
-        state = [_stack([weights[weight_key(l)] for l in group]).unsqueeze(1) for group in spec.groups]
-        saved: list[Tensor] = []  # per step: the state (from step 1 on), then the pre-activations
-        n_steps = x.shape[1]
-        for step in range(n_steps):
-            if step:
-                saved.extend(state)
-                saved.extend(weights[k] for k in spec.bias_keys)
-            trace = spec.net.forward(weights, x[:, step])
-            saved.extend(trace.pre)
-            targets = bound.targets(trace, y[:, step])
-            for g, group in enumerate(spec.groups):
-                t = _stack([targets[l] for l in group])
-                h = _stack([trace.inputs[l] for l in group])
-                state[g] = _hebbian_forward(state[g], coefs[g], t, h, spec.oja)
-            new_bias = {
-                bias_key(l): hebbian_bias_update(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l], spec.oja)
-                for l in spec.net.plastic_layers
-            } if spec.plastic_bias else {}
-            for g, group in enumerate(spec.groups):
-                for j, l in enumerate(group):
-                    weights[weight_key(l)] = state[g][j]
-            weights.update(new_bias)
+        state = _initial_state(spec, weights)
+        saved: list[Tensor] = []  # see _Records
+
+        def record(step: int, state_in: list[Tensor], biases: list[Tensor], pre: list[Tensor]) -> None:
+            if step < spec.start:
+                return
+            boundary = (step - spec.start) % spec.segment == 0 if spec.segment else True
+            if step and boundary:
+                saved.extend(state_in)
+                saved.extend(biases)
+            if not spec.segment:
+                saved.extend(pre)
+
+        _run_steps(spec, prepared, weights, state, x, y, range(x.shape[1]), record)
         ctx.spec = spec
-        ctx.n_steps = n_steps
+        ctx.n_steps = x.shape[1]
         ctx.save_for_backward(x, y, *tensors, *saved)
         return (*state, *(weights[k] for k in spec.bias_keys))
 
@@ -297,7 +381,6 @@ class _HebbianLifetime(torch.autograd.Function):
         per_step = saved[2 + n_w + n_p:]
         needs = ctx.needs_input_grad[3:]
         bias_keys = spec.bias_keys
-        n_state = len(groups) + len(bias_keys)
         n_tasks = x.shape[0]
         init = dict(zip(spec.weight_keys, inputs[:n_w]))
         prepared = dict(zip(spec.prepared_keys, inputs[n_w:]))
@@ -336,27 +419,21 @@ class _HebbianLifetime(torch.autograd.Function):
         largest = max((a.numel() for a in adj), default=0)
         buf_d = x.new_empty(largest)
         buf_m = x.new_empty(largest)
-        init_state = [_stack([init[weight_key(l)] for l in group]).unsqueeze(1) for group in groups]
+        init_state = _initial_state(spec, init)
         lowest = min(
             [*plastic, *(l for l in range(n_layers) if need_w[weight_key(l)] or need_w[bias_key(l)])],
             default=n_layers,
         )
 
-        for step in range(ctx.n_steps - 1, -1, -1):
-            begin = step * (n_state + n_layers) - n_state if step else 0
-            if step:
-                state = list(per_step[begin:begin + len(groups)])
-                biases = dict(zip(bias_keys, per_step[begin + len(groups):begin + n_state]))
-                begin += n_state
-            else:
-                state = init_state
-                biases = {k: init[k] for k in bias_keys}
+        records = _Records(spec, init, prepared, x, y, per_step, ctx.n_steps)
+        for step in range(ctx.n_steps - 1, spec.start - 1, -1):
+            state_in, biases, pre = records.pop(step)
+            state = state_in if step else init_state
             weights = dict(init)
             weights.update(biases)
             for g, group in enumerate(groups):
                 for j, l in enumerate(group):
                     weights[weight_key(l)] = state[g][j] if step else init[weight_key(l)]
-            pre = per_step[begin:begin + n_layers]
             post = [get_activation(acts[l]).fn(pre[l]) for l in range(n_layers)]
             trace = Trace(post[-1], [x[:, step], *post[:-1]], list(pre), post)
             y_step = y[:, step]
@@ -415,13 +492,15 @@ class _HebbianLifetime(torch.autograd.Function):
                     grad_post[l - 1] = _add(grad_post.get(l - 1), torch.matmul(delta, weights[wk]))
 
         grads.update(bound.grads())
+        truncated = spec.start > 0  # the state before the window is a constant: no gradient
         for g, group in enumerate(groups):
             for j, l in enumerate(group):
-                grads[weight_key(l)] = _sum_to(adj[g][j], init[weight_key(l)].shape)
+                wk = weight_key(l)
+                grads[wk] = torch.zeros_like(init[wk]) if truncated else _sum_to(adj[g][j], init[wk].shape)
                 if grad_coefs[g] is not None:
                     grads[f"coef.{l}.weight"] = grad_coefs[g][j, 0]
         for k, g in adj_bias.items():
-            grads[k] = _sum_to(g, init[k].shape)
+            grads[k] = torch.zeros_like(init[k]) if truncated else _sum_to(g, init[k].shape)
         result: list[Tensor | None] = [None, None, None]
         for k, v in [*init.items(), *prepared.items()]:
             needed = need_w[k] if k in need_w else need_p[k]
@@ -448,8 +527,15 @@ def hebbian_lifetime(
     y: Tensor,
     oja: bool,
     plastic_bias: bool,
+    segment: int = 0,
+    start: int = 0,
 ) -> dict[str, Tensor]:
     """Weights after a lifetime of Hebb/Oja steps, as one autograd node.
+
+    ``segment`` > 0 keeps the state only every ``segment`` steps and recomputes each segment in
+    the backward pass (the same gradients, bitwise; memory ~ S/segment + segment weight copies
+    instead of S). ``start`` > 0 truncates the meta-gradient to steps ``start`` .. S-1: the
+    state before is a constant, so the plastic layers' initial weights get zero gradient.
 
     ``model`` gives the target activity of every plastic layer and its backward pass (see
     ``TargetModel``) from the prepared parameters other than the coefficients. Layer l's
@@ -458,7 +544,7 @@ def hebbian_lifetime(
     flow to ``weights`` (the initial ones) and ``prepared``.
     """
     groups = _groups(net, weights, prepared)
-    spec = _LifetimeSpec(net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups)
+    spec = _LifetimeSpec(net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start)
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())
     final = dict(weights)
     for stacked, group in zip(out, groups):
