@@ -9,6 +9,9 @@ analytical FLOP count per meta-step, the achieved GFLOP/s, and the GFLOP/s of pl
     python benchmarks/meta_step.py                       # paper size: 10 functions x 40 steps x 32
     python benchmarks/meta_step.py --quick               # small sizes, a smoke run
     python benchmarks/meta_step.py --rules flp-oja --general   # the step-by-step autograd graph
+    python benchmarks/meta_step.py --rules flp-oja --unroll checkpoint   # memory modes (meta.unroll)
+
+``benchmarks/sweeps.py`` runs the unroll-length and meta-batch sweeps with these workers.
 """
 
 from __future__ import annotations
@@ -85,26 +88,31 @@ def flop_count(gemms, elementwise: int) -> float:
     return float(sum(2 * c * m * k * n for c, m, k, n in gemms) + elementwise)
 
 
-def matmul_rate(gemms, dtype: str, seconds: float = 1.0) -> float:
+def matmul_rate(gemms, dtype: str, seconds: float = 1.0, device: str = "cpu") -> float:
     """GFLOP/s of torch.matmul over the distinct GEMM shapes, weighted like the meta-step."""
     import torch
 
     dt = getattr(torch, dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     total_flop, total_time = 0.0, 0.0
     shapes: dict[tuple[int, int, int], int] = {}
     for c, m, k, n in gemms:
         shapes[(m, k, n)] = shapes.get((m, k, n), 0) + c
     budget = seconds / max(len(shapes), 1) / 5
     for (m, k, n), count in shapes.items():
-        a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
+        a, b = torch.randn(m, k, dtype=dt, device=device), torch.randn(k, n, dtype=dt, device=device)
         for _ in range(3):
             torch.matmul(a, b)
+        sync()
         best = float("inf")
         for _ in range(5):  # best of 5 rounds: robust to other load on the machine
             reps, start = 0, time.perf_counter()
             while time.perf_counter() - start < budget or reps < 3:
                 torch.matmul(a, b)
                 reps += 1
+                if reps % 50 == 0:
+                    sync()
+            sync()
             best = min(best, (time.perf_counter() - start) / reps)
         total_flop += 2.0 * m * k * n * count
         total_time += best * count
@@ -147,14 +155,23 @@ class Worker:
         network = {"hidden": opts["hidden"]}
         if plastic is not None:
             network["plastic"] = plastic
+        meta = {"lr": lr, "meta_batch": opts.get("meta_batch", 1)}
+        unroll = opts.get("unroll") or {"mode": "full"}
+        if unroll != {"mode": "full", "segment": None, "last_steps": None}:  # (--baseline: older checkouts)
+            meta["unroll"] = unroll
+            label += " [" + ", ".join(f"{k} {v}" for k, v in unroll.items() if v not in (None, False)) + "]"
+        if meta["meta_batch"] != 1:
+            label += f" [meta-batch {meta['meta_batch']}]"
+        self.device = opts.get("device", "cpu")
         cfg = config_from_dict({
             "name": "bench",
+            "device": self.device,
             "dtype": opts["dtype"],
             "task": {"name": "sine", "n_functions": opts["functions"],
                      "steps_per_function": opts["steps_per_function"], "batch_size": opts["batch"]},
             "network": network,
             "rule": rule_cfg,
-            "meta": {"lr": lr},
+            "meta": meta,
         })
         self.exp = Experiment.from_config(cfg)
         self.trainer = MetaTrainer(self.exp)
@@ -166,7 +183,8 @@ class Worker:
         self.gemms, elementwise = gemm_list(
             opts["rule"], shapes, self.exp.net.plastic_layers, opts["batch"], query, steps
         )
-        self.flop = flop_count(self.gemms, elementwise)
+        # tasks of a meta-batch repeat the same GEMM shapes (batched); truncation is not counted
+        self.flop = flop_count(self.gemms, elementwise) * meta["meta_batch"]
         self.times: list[float] = []
         self.rates: list[float] = []
 
@@ -176,7 +194,7 @@ class Worker:
         if timed:
             self.times.append(seconds)
             # the matmul rate right after each timed step: the same conditions as the step
-            self.rates.append(matmul_rate(self.gemms, self.opts["dtype"], seconds=0.25))
+            self.rates.append(matmul_rate(self.gemms, self.opts["dtype"], seconds=0.25, device=self.device))
         return seconds
 
     def result(self) -> dict:
@@ -192,6 +210,9 @@ class Worker:
             "gflops": self.flop / 1e9 / seconds,
             "matmul_gflops": statistics.median(self.rates),
             "threads": self.torch.get_num_threads(),
+            "device": self.device,
+            "device_peak_gb": (self.torch.cuda.max_memory_allocated() / 1e9
+                               if self.device.startswith("cuda") else None),
             "torch": self.torch.__version__,
         }
 
@@ -231,6 +252,27 @@ def machine() -> str:
     except OSError:
         load = "?"
     return f"{model}, {os.cpu_count()} logical CPUs, load average {load}"
+
+
+def run_config(opts: dict) -> dict:
+    """One configuration in a fresh subprocess (so its peak RSS is its own)."""
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(opts)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def default_opts(**changes) -> dict:
+    """Paper size, FLP-Oja, full unroll, 1 warm-up + 3 timed steps, unless changed."""
+    opts = {
+        "rule": "flp-oja", "steps_per_function": 40, "functions": 10, "batch": 32, "hidden": HIDDEN,
+        "dtype": "float32", "warmup": 1, "repeats": 3, "threads": 0, "general": False, "keep_freed_memory": True,
+        "meta_batch": 1, "unroll": {"mode": "full", "segment": None, "last_steps": None},
+    }
+    opts.update(changes)
+    return opts
 
 
 def paired(opts: dict, baseline: str) -> list[dict]:
@@ -279,7 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--general", action="store_true", help="disable the fused lifetime (step-by-step graph)")
-    p.add_argument("--keep-freed-memory", action="store_true", help="call metaplastic.runtime.keep_freed_memory()")
+    p.add_argument("--meta-batch", type=int, default=1, help="tasks per meta-step")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (peak GPU memory is reported too)")
+    p.add_argument("--unroll", default="full", choices=["full", "checkpoint", "truncate", "first_order"],
+                   help="meta.unroll.mode")
+    p.add_argument("--segment", type=int, help="meta.unroll.segment (checkpoint; default about sqrt(steps))")
+    p.add_argument("--last-steps", type=int, help="meta.unroll.last_steps (truncate)")
+    p.add_argument("--compile", action="store_true", help="meta.unroll.compile (step-by-step path only)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="skip metaplastic.runtime.keep_freed_memory(), which the CLI calls (glibc defaults)")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--baseline", metavar="DIR",
@@ -299,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps_per_function, args.functions, args.batch, args.hidden = 3, 2, 8, QUICK_HIDDEN
         args.repeats = min(args.repeats, 3)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: this torch build or machine has no CUDA")
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULES]
     if unknown:
@@ -309,33 +364,30 @@ def main(argv: list[str] | None = None) -> int:
             "rule": rule, "steps_per_function": args.steps_per_function, "functions": args.functions,
             "batch": args.batch, "hidden": args.hidden, "dtype": args.dtype, "warmup": args.warmup,
             "repeats": args.repeats, "threads": args.threads, "general": args.general,
-            "keep_freed_memory": args.keep_freed_memory,
+            "keep_freed_memory": not args.default_malloc, "meta_batch": args.meta_batch, "device": args.device,
+            "unroll": {"mode": args.unroll, "segment": args.segment, "last_steps": args.last_steps},
         }
+        if args.compile:
+            opts["unroll"]["compile"] = True
         if args.baseline:
             results += paired(opts, args.baseline)
             continue
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(opts)],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append(run_config(opts))
 
     r0 = results[0]
-    print(f"machine: {machine()}; torch {r0['torch']}, {r0['threads']} threads")
+    print(f"machine: {machine()}; torch {r0['torch']}, {r0['threads']} threads, device {r0['device']}")
     print(f"sizes: {args.functions} functions x {args.steps_per_function} steps x batch {args.batch}, "
           f"hidden {','.join(map(str, args.hidden))}, {args.dtype}, "
           f"median of {args.repeats} after {args.warmup} warm-up")
-    header = (f"{'rule':<30} {'s/step':>7} {'peak RSS':>9} {'base RSS':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
+    header = (f"{'rule':<44} {'s/step':>7} {'peak RSS':>9} {'base RSS':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
               f"{'matmul':>7} {'roofline':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['label']:<30} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
+        print(f"{r['label']:<44} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
               f"{r['gflop']:>7.3g} {r['gflops']:>8.3g} {r['matmul_gflops']:>7.1f} "
-              f"{r['gflops'] / r['matmul_gflops']:>8.2f}")
+              f"{r['gflops'] / r['matmul_gflops']:>8.2f}"
+              + (f"  GPU peak {r['device_peak_gb']:.2f}GB" if r.get("device_peak_gb") is not None else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)

@@ -58,11 +58,16 @@ class UnrollConfig:
     - ``first_order``: every update is computed at detached weights, W' = W + u(stopgrad(W)):
       the meta-gradient reaches the initial weights through the identity path only and the
       rule's parameters through each update directly (first-order MAML generalised).
+
+    ``compile`` runs the inner step of the step-by-step path (rules without a fused lifetime,
+    first-order mode) through ``torch.compile``: a one-off compilation (tens of seconds), then
+    faster steps; the fused FLP path is hand-written and not compiled.
     """
 
     mode: str = "full"
     segment: int | None = None  # checkpoint: inner steps per segment; null: about sqrt(steps)
     last_steps: int | None = None  # truncate: K
+    compile: bool = False  # torch.compile the inner step (step-by-step path; not the fused one)
 
     def __post_init__(self) -> None:
         if self.mode not in UNROLL_MODES:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from metaplastic.cli.main import main
@@ -87,6 +88,8 @@ def test_suite_writes_table_json_and_plot(tmp_path: Path) -> None:
         (yaml.safe_dump({**TINY, "rule": {"name": "backpropp"}}), [], "unknown rule 'backpropp'"),
         (yaml.safe_dump(TINY), ["meta.steps=many"], "meta.steps: expected an integer"),
         (yaml.safe_dump(TINY), ["network.hidden=[4, 0]"], "network sizes"),
+        (yaml.safe_dump(TINY), ["device=gpu"], "device 'gpu' cannot be used on this machine"),
+        (yaml.safe_dump(TINY), ["meta.unroll.mode=truncate"], "needs meta.unroll.last_steps"),
     ],
 )
 def test_bad_config_gives_one_line_error(tmp_path: Path, content: str, overrides: list[str], expected: str) -> None:
@@ -97,6 +100,15 @@ def test_bad_config_gives_one_line_error(tmp_path: Path, content: str, overrides
     assert "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and expected in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_cuda_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write(tmp_path / "tiny.yaml", TINY)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cuda", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: device 'cuda' cannot be used on this machine") and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_and_corrupt_checkpoint_give_one_line_errors(tmp_path: Path) -> None:

@@ -189,3 +189,11 @@ def test_checkpointed_meta_training_follows_the_same_trajectory(rule) -> None:
     assert results[0].keys() == results[1].keys()
     for k in results[0]:
         assert torch.equal(results[0][k], results[1][k]), k
+
+
+def test_compiled_inner_step_gives_the_same_numbers() -> None:
+    """meta.unroll.compile: torch.compile of the step-by-step path, against eager (float64)."""
+    exp, meta = step_path_experiment({"name": "sgd", "lr_init": 0.1})
+    eager = loss_and_grads(exp, meta, UnrollConfig(), fused=False)
+    compiled = loss_and_grads(exp, meta, UnrollConfig(compile=True), fused=False)
+    assert_close(compiled, eager, rtol=1e-9)

@@ -31,6 +31,17 @@ def seeded_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def check_device(name: str) -> torch.device:
+    """The torch device ``name``, or a one-line ConfigError when it cannot be used here."""
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"device '{name}' cannot be used on this machine: {first}") from None
+    return device
+
+
 @dataclass
 class Experiment:
     config: ExperimentConfig
@@ -42,6 +53,7 @@ class Experiment:
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> Experiment:
+        check_device(config.device)
         task = build_task(config.task)
         encoder, n_in = None, None
         conv = config.network.conv

@@ -16,8 +16,9 @@ step by step here (checkpointing with ``torch.utils.checkpoint``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -99,18 +100,18 @@ def run_lifetime(
     prepared = rule.prepare(net, meta)
     n_steps = x.shape[1]
     first_graph_step = unroll.first_graph_step(n_steps)
+    step_fn = _compiled_step(net, rule, loss) if unroll.compile else partial(_inner_step, net, rule, loss)
     if unroll.mode == "checkpoint" and torch.is_grad_enabled():
         segment = unroll.segment_length(n_steps)
         for begin in range(0, n_steps, segment):
             steps = range(begin, min(begin + segment, n_steps))
-            weights = checkpoint(_segment, net, rule, prepared, x, y, loss, steps, weights, use_reentrant=False)
+            weights = checkpoint(_segment, step_fn, prepared, x, y, steps, weights, use_reentrant=False)
         return weights
     for step in range(n_steps):
         inputs = weights
         if unroll.mode == "first_order":
             inputs = {k: v.detach() for k, v in weights.items()}
-        trace = net.forward(inputs, x[:, step])
-        new = rule.step(net, inputs, prepared, trace, y[:, step], loss)
+        new = step_fn(inputs, prepared, x[:, step], y[:, step])
         if unroll.mode == "first_order":
             new = {k: weights[k] + (v - inputs[k]) if k in weights else v for k, v in new.items()}
         elif step < first_graph_step:
@@ -120,12 +121,29 @@ def run_lifetime(
     return weights
 
 
+def _inner_step(
+    net: MLP, rule: Rule, loss: Loss, weights: dict[str, Tensor], prepared: dict[str, Tensor], x: Tensor, y: Tensor
+) -> dict[str, Tensor]:
+    """One inner step: the forward pass and the rule's new weights."""
+    return rule.step(net, weights, prepared, net.forward(weights, x), y, loss)
+
+
+_COMPILED: dict[tuple[int, int, int], tuple[MLP, Rule, Loss, Callable]] = {}
+
+
+def _compiled_step(net: MLP, rule: Rule, loss: Loss) -> Callable:
+    """``_inner_step`` through torch.compile, one compiled function per (network, rule, loss)."""
+    key = (id(net), id(rule), id(loss))
+    if key not in _COMPILED:  # the entry keeps the objects alive, so their ids stay theirs
+        _COMPILED[key] = (net, rule, loss, torch.compile(partial(_inner_step, net, rule, loss), dynamic=False))
+    return _COMPILED[key][3]
+
+
 def _segment(
-    net: MLP, rule: Rule, prepared: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, steps: Sequence[int],
+    step_fn: Callable, prepared: dict[str, Tensor], x: Tensor, y: Tensor, steps: Sequence[int],
     weights: dict[str, Tensor],
 ) -> dict[str, Tensor]:
     """Some inner steps from the given weights (the unit ``torch.utils.checkpoint`` recomputes)."""
     for step in steps:
-        trace = net.forward(weights, x[:, step])
-        weights = {**weights, **rule.step(net, weights, prepared, trace, y[:, step], loss)}
+        weights = {**weights, **step_fn(weights, prepared, x[:, step], y[:, step])}
     return weights
