@@ -24,13 +24,21 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass(frozen=True)
 class ConvConfig:
-    """Convolutional feature extractor for image tasks: frozen in the lifetime, meta-learned."""
+    """Convolutional feature extractor for image tasks: meta-learned, frozen in the lifetime
+    unless ``plastic`` (then fast weights updated by inner-loop gradient descent, with a
+    meta-learned step size per layer starting at ``lr_init``)."""
 
     channels: tuple[int, ...] = (64, 64, 64, 64)
     strides: tuple[int, ...] = (2, 1, 2, 1)
     kernel: int = 3
     padding: int = 0
     normalize: bool = False
+    plastic: bool = False
+    lr_init: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.lr_init < 0:
+            raise ConfigError(f"network.conv.lr_init must be >= 0, got {self.lr_init}")
 
 
 @dataclass(frozen=True)

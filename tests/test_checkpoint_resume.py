@@ -234,6 +234,31 @@ def test_resume_allows_more_steps_and_new_intervals(tmp_path):
     assert trainer.step == 2
 
 
+def test_resume_a_checkpoint_from_before_an_option_existed(tmp_path):
+    """A checkpoint whose config lacks an option added later (here meta.unroll) resumes when the
+    new config leaves that option at its default, and is refused when it does not."""
+    cfg = run_config(tmp_path, steps=1)
+    train(cfg, progress=False)
+    path = cfg.run_dir / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    del payload["config"]["meta"]["unroll"]
+    save_checkpoint(path, {k: v for k, v in payload.items() if k != "format"})
+    assert train(run_config(tmp_path, steps=2), resume=True, progress=False).step == 2
+    with pytest.raises(ConfigError, match="meta.unroll"):
+        train(run_config(tmp_path, steps=3, meta={"unroll": {"mode": "truncate", "last_steps": 1}}), resume=True,
+              progress=False)
+
+
+def test_resume_may_switch_between_full_and_checkpointed_meta_gradients(tmp_path):
+    """Checkpointing changes memory, not numbers: a run resumed with it ends where the
+    uninterrupted full-mode run ends."""
+    reference = train(run_config(tmp_path, "reference", steps=3), progress=False)
+    train(run_config(tmp_path, steps=1), progress=False)
+    unroll = {"unroll": {"mode": "checkpoint", "segment": 1}}
+    resumed = train(run_config(tmp_path, steps=3, meta=unroll), resume=True, progress=False)
+    assert_same_state(reference, resumed)
+
+
 def test_resume_with_equivalent_spelling(tmp_path):
     """A value given as the string '5e-2' (how YAML 1.1 reads a CLI override) and as 0.05 is the
     same config: the run resumes."""

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from metaplastic.meta.experiment import Experiment, seeded_generator
 from metaplastic.meta.lifetime import run_lifetime
+from metaplastic.meta.plastic_conv import plastic_conv_lifetime, plastic_conv_outputs
 from metaplastic.tasks import Episodes
 from metaplastic.tasks.classification import ORDERS
 
@@ -30,6 +31,11 @@ def is_classification(experiment: Experiment) -> bool:
 def episode_accuracy(experiment: Experiment, meta: dict[str, Tensor], episodes: Episodes) -> Tensor:
     """Per-episode accuracy (T,) on the query samples after the whole lifetime."""
     exp = experiment
+    if exp.plastic_conv:  # the convs learn in the lifetime: classify with the adapted ones
+        conv, weights = plastic_conv_lifetime(exp.encoder, exp.net, exp.rule, meta, episodes.x, episodes.y, exp.loss)
+        qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
+        predicted = plastic_conv_outputs(exp.encoder, exp.net, conv, weights, qx).argmax(-1)
+        return (predicted == qy.argmax(-1)).to(torch.float64).mean(-1)
     episodes = exp.encode(meta, episodes)
     weights = run_lifetime(exp.net, exp.rule, exp.head_meta(meta), episodes.x, episodes.y, exp.loss)
     qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)

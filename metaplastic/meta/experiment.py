@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaplastic.config import ExperimentConfig
+from metaplastic.config import ExperimentConfig, UnrollConfig
 from metaplastic.errors import ConfigError
 from metaplastic.losses import Loss, get_loss
+from metaplastic.meta.objective import meta_loss
+from metaplastic.meta.plastic_conv import LR_PREFIX, conv_lr_init, plastic_conv_meta_loss
 from metaplastic.networks import MLP
 from metaplastic.networks.conv import PREFIX as FEATURES
 from metaplastic.networks.conv import ConvEncoder
@@ -65,6 +67,12 @@ class Experiment:
                 side, conv.channels, conv.strides, conv.kernel, conv.padding, normalize=conv.normalize
             )
             n_in = encoder.out_features
+            unroll = config.meta.unroll
+            if conv.plastic and (unroll.mode != "full" or unroll.compile):
+                raise ConfigError(
+                    f"network.conv.plastic supports only meta.unroll.mode 'full' without compile, "
+                    f"got mode '{unroll.mode}'{' with compile' if unroll.compile else ''}"
+                )
         sizes = [n_in or task.n_inputs, *config.network.hidden, task.n_outputs]
         plastic = list(config.network.plastic) if config.network.plastic is not None else None
         net = MLP.build(sizes, config.network.activation, config.network.output_activation, plastic)
@@ -74,6 +82,12 @@ class Experiment:
     def device(self) -> torch.device:
         return torch.device(self.config.device)
 
+    @property
+    def plastic_conv(self) -> bool:
+        """Whether the conv stage learns in the lifetime (``network.conv.plastic``)."""
+        conv = self.config.network.conv
+        return self.encoder is not None and conv is not None and conv.plastic
+
     def init_meta(self) -> dict[str, Tensor]:
         """Initial meta-parameters, identical for the same seed on every device."""
         g = seeded_generator(self.config.seed, 0)
@@ -81,11 +95,20 @@ class Experiment:
         meta = {**prefixed(self.net.init(g, dtype), "init"), **self.rule.init(self.net, g, dtype)}
         if self.encoder is not None:
             meta.update(prefixed(self.encoder.init(g, dtype), "init"))
+        if self.plastic_conv:
+            meta.update(conv_lr_init(self.encoder, self.config.network.conv.lr_init, dtype))
         return {k: v.to(self.device) for k, v in meta.items()}
 
     def head_meta(self, meta: dict[str, Tensor]) -> dict[str, Tensor]:
         """The meta-parameters of the network and rule, without the feature extractor's."""
-        return {k: v for k, v in meta.items() if not k.startswith("init." + FEATURES)}
+        return {k: v for k, v in meta.items() if not k.startswith(("init." + FEATURES, LR_PREFIX))}
+
+    def meta_loss(self, meta: dict[str, Tensor], episodes: Episodes, unroll: UnrollConfig) -> Tensor:
+        """The meta-objective on raw episodes: frozen features computed once, then the head's
+        lifetime; or, with plastic convs, the lifetime in which the convs learn too."""
+        if self.plastic_conv:
+            return plastic_conv_meta_loss(self.encoder, self.net, self.rule, meta, episodes, self.loss)
+        return meta_loss(self.net, self.rule, self.head_meta(meta), self.encode(meta, episodes), self.loss, unroll)
 
     def encode(self, meta: dict[str, Tensor], episodes: Episodes) -> Episodes:
         """Episodes of feature vectors: every image through the shared (frozen) conv stage."""

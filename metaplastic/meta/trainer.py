@@ -22,7 +22,6 @@ from metaplastic.config import ExperimentConfig, config_from_dict
 from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
 from metaplastic.meta.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from metaplastic.meta.experiment import Experiment
-from metaplastic.meta.objective import meta_loss
 from metaplastic.params import GROUPS, group_of
 from metaplastic.tasks import check_finite
 
@@ -58,10 +57,7 @@ class MetaTrainer:
         exp = self.experiment
         episodes = exp.training_episodes(self.step)
         check_finite(episodes)
-        loss = meta_loss(
-            exp.net, exp.rule, exp.head_meta(self.meta), exp.encode(self.meta, episodes), exp.loss,
-            self.config.meta.unroll,
-        )
+        loss = exp.meta_loss(self.meta, episodes, self.config.meta.unroll)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DivergenceError(
@@ -144,7 +140,11 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") 
     return diffs
 
 
-RESUMABLE_CHANGES = {"meta.steps", "meta.checkpoint_every", "meta.log_every", "out_dir", "device", "eval"}
+RESUMABLE_CHANGES = {
+    "meta.steps", "meta.checkpoint_every", "meta.log_every", "out_dir", "device", "eval",
+    "meta.unroll.segment", "meta.unroll.compile",  # how the same gradient is computed
+}
+EXACT_UNROLL_MODES = {"full", "checkpoint"}  # the same meta-gradients: switching them is resumable
 
 
 def _read_metrics(path: Path, upto: int) -> list[str]:
@@ -175,10 +175,16 @@ def train(
         )
     if resume and ckpt.exists():
         payload = load_checkpoint(ckpt)
+        try:  # spell out options this version added with their defaults, as the new config does
+            saved = config_from_dict(payload["config"]).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"the checkpoint in {run_dir} has a config this version cannot read: {e}") from None
+        modes = {saved["meta"]["unroll"]["mode"], config.meta.unroll.mode}
         diffs = [
             d
-            for d in _config_differences(payload["config"], config.to_dict())
+            for d in _config_differences(saved, config.to_dict())
             if not any(d == r or d.startswith(r + ".") for r in RESUMABLE_CHANGES)
+            and not (d == "meta.unroll.mode" and modes <= EXACT_UNROLL_MODES)
         ]
         if diffs:
             raise ConfigError(f"config differs from the checkpoint in {run_dir} at '{diffs[0]}': cannot resume")

@@ -4,6 +4,10 @@ Parameters ``{"features.{i}.weight": (out, in, k, k), "features.{i}.bias": (out,
 the ``init`` meta-parameter group. Each lifetime encodes all its images once with the shared
 weights; the plastic fully connected layers (an :class:`MLP`) then learn on the feature
 vectors, and meta-gradients reach the convolutions through the features.
+
+With ``network.conv.plastic`` the convolutions are fast weights instead (one copy per task,
+updated by gradient descent in the inner loop); :meth:`ConvEncoder.forward_tasks` runs the
+task-batched forward pass for them as one grouped convolution per layer.
 """
 
 from __future__ import annotations
@@ -87,7 +91,34 @@ class ConvEncoder:
         for i, s in enumerate(self.strides):
             w, b = params[f"{PREFIX}{i}.weight"], params[f"{PREFIX}{i}.bias"]
             h = act(F.conv2d(h, w, b, stride=s, padding=self.padding))
-        h = h.reshape(*lead, -1)
+        return self._finish(h.reshape(*lead, -1))
+
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """x: (T, ..., in_features) images of T tasks -> (T, ..., out_features).
+
+        Each weight is shared, (out, in, k, k), or per task, (T, out, in, k, k). Tasks are folded
+        into channels and every layer is one convolution with groups=T, so per-task fast conv
+        weights cost no Python loop over tasks.
+        """
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"conv encoder expects {self.in_features} input values per image, got {x.shape[-1]}")
+        lead, n_tasks, side = x.shape[:-1], x.shape[0], self.image_size
+        h = x.reshape(n_tasks, -1, self.in_channels, side, side)
+        n = h.shape[1]
+        h = h.transpose(0, 1).reshape(n, n_tasks * self.in_channels, side, side)
+        act = get_activation(self.activation).fn
+        for i, s in enumerate(self.strides):
+            w, b = params[f"{PREFIX}{i}.weight"], params[f"{PREFIX}{i}.bias"]
+            if w.dim() == 4:
+                w, b = w.expand(n_tasks, *w.shape), b.expand(n_tasks, *b.shape)
+            if w.shape[0] != n_tasks or b.shape[0] != n_tasks:
+                raise ShapeError(f"per-task conv weights for {w.shape[0]} tasks, data has {n_tasks}")
+            w, b = w.reshape(-1, *w.shape[2:]), b.reshape(-1)
+            h = act(F.conv2d(h, w, b, stride=s, padding=self.padding, groups=n_tasks))
+        h = h.reshape(n, n_tasks, -1).transpose(0, 1)
+        return self._finish(h.reshape(*lead, -1))
+
+    def _finish(self, h: Tensor) -> Tensor:
         if self.normalize:
             # Hebbian updates on all-positive features all point along their common mean; centred,
             # unit-variance features keep the classes apart for a local rule.
