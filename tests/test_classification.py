@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_omniglot import layout, write_zip
 
 from metaplastic.cli.main import main
@@ -215,6 +216,17 @@ def test_meta_gradient_reaches_the_conv_weights_and_matches_finite_differences(o
             minus[idx] -= eps
             fd = (objective({**meta, key: plus}) - objective({**meta, key: minus})) / (2 * eps)
             assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+
+
+def test_missing_data_stops_train_before_it_writes_anything(tmp_path: Path, capsys) -> None:
+    data = tiny_classification(tmp_path / "no_such_omniglot")
+    data["out_dir"] = str(tmp_path / "run")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["train", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_conv_needs_an_image_task(tmp_path: Path) -> None:

@@ -191,6 +191,9 @@ def train(
         trainer = MetaTrainer.from_state_dict(payload, config)
     else:
         trainer = MetaTrainer(Experiment.from_config(config))
+    # Load the data (the first meta-batch) before writing anything: a wrong data path must not
+    # leave a run folder with a step-0 checkpoint behind that blocks the corrected run.
+    trainer.experiment.training_episodes(trainer.step)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     metrics_path = run_dir / "metrics.jsonl"
