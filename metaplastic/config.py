@@ -67,8 +67,8 @@ class UnrollConfig:
       the meta-gradient reaches the initial weights through the identity path only and the
       rule's parameters through each update directly (first-order MAML generalised).
 
-    ``compile`` runs the inner step of the step-by-step path (rules without a fused lifetime,
-    first-order mode) through ``torch.compile``: a one-off compilation (tens of seconds), then
+    ``compile`` runs the inner step of the step-by-step path (rules without a fused lifetime)
+    through ``torch.compile``: a one-off compilation (tens of seconds), then
     faster steps; the fused FLP path is hand-written and not compiled.
     """
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_config_dict
-from test_fast_paths import GROUPS, make_experiment, perturbed_meta
+from test_fast_paths import GROUPS, fused_node, make_experiment, perturbed_meta
 
 from metaplastic.config import UnrollConfig, config_from_dict
 from metaplastic.errors import ConfigError
 from metaplastic.meta import Experiment
-from metaplastic.meta.lifetime import use_fused_lifetime
+from metaplastic.meta.lifetime import run_lifetime, use_fused_lifetime
 from metaplastic.meta.objective import meta_loss
 from metaplastic.meta.trainer import MetaTrainer
 from metaplastic.params import select
@@ -111,6 +111,23 @@ def test_fused_truncation_equals_its_definition(rule, last_steps) -> None:
     # truncation plus checkpointing of the window (fused path)
     both = loss_and_grads(exp, meta, UnrollConfig(mode="checkpoint", segment=2))
     assert_identical(both, loss_and_grads(exp, meta, UnrollConfig()))
+
+
+@pytest.mark.parametrize("rule", FLP_CASES, ids=lambda r: "-".join(str(v) for v in r.values()))
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_fused_first_order_equals_its_definition(rule, tasks) -> None:
+    exp = make_experiment(rule, meta_batch=tasks)
+    meta = perturbed_meta(exp)
+    unroll = UnrollConfig(mode="first_order")
+    weights = run_lifetime(exp.net, exp.rule, meta, *exp.training_episodes(0)[:2], exp.loss, unroll)
+    assert fused_node(weights[f"layers.{exp.net.plastic_layers[0]}.weight"])  # the fused path ran
+    got = loss_and_grads(exp, meta, unroll)
+    want = reference_loss(exp, meta, first_order=True)
+    assert_close(got, want)
+    assert_close(loss_and_grads(exp, meta, unroll, fused=False), want, rtol=1e-12)
+    full = loss_and_grads(exp, meta, UnrollConfig())
+    assert any(not torch.allclose(got[1][k], full[1][k], rtol=1e-6, atol=0) for k in full[1])
+    assert {k.split(".")[0] for k, g in got[1].items() if g.abs().max() > 0} == set(GROUPS)
 
 
 STEP_PATH_RULES = [  # with updates large enough that first order differs from full

@@ -10,8 +10,8 @@ same values, one autograd node for the whole lifetime) and a meta-gradient is be
 
 ``unroll`` (``meta.unroll`` in configs) chooses how the meta-gradient goes through the inner
 loop: full, checkpointed segments (same numbers, less memory), truncated to the last K steps,
-or first order. The fused path does full, checkpoint and truncate itself; everything else runs
-step by step here (checkpointing with ``torch.utils.checkpoint``).
+or first order. The fused path does all four itself; everything else runs step by step here
+(checkpointing with ``torch.utils.checkpoint``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ def _takes_fused_path(rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor,
     return (
         _FUSED["enabled"]
         and hasattr(rule, "fused_lifetime")
-        and unroll.mode != "first_order"
         and torch.is_grad_enabled()
         and x.shape[1] > 0
         and any(v.requires_grad for v in meta.values())
@@ -95,7 +94,10 @@ def run_lifetime(
     if _takes_fused_path(rule, meta, x, y, unroll):
         n_steps = x.shape[1]
         segment = unroll.segment_length(n_steps) if unroll.mode == "checkpoint" else 0
-        return rule.fused_lifetime(net, meta, x, y, loss, segment=segment, start=unroll.first_graph_step(n_steps))
+        return rule.fused_lifetime(
+            net, meta, x, y, loss, segment=segment, start=unroll.first_graph_step(n_steps),
+            first_order=unroll.mode == "first_order",
+        )
     weights = select(meta, "init")
     prepared = rule.prepare(net, meta)
     n_steps = x.shape[1]

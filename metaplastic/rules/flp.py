@@ -162,15 +162,17 @@ class FLPRule:
 
     # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------
     def fused_lifetime(
-        self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, segment: int = 0, start: int = 0
+        self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, segment: int = 0, start: int = 0,
+        first_order: bool = False,
     ) -> dict[str, Tensor]:
         """Weights at the end of a lifetime, the same values as iterating ``step``, as one
         autograd node with a hand-written backward pass (see ``hebbian_lifetime``): much less
         time and memory for the meta-gradient. ``segment`` > 0 checkpoints every ``segment``
-        steps; the meta-gradient goes through steps ``start`` onwards (truncation)."""
+        steps; the meta-gradient goes through steps ``start`` onwards (truncation);
+        ``first_order`` takes every update at detached weights."""
         return hebbian_lifetime(
             net, _FLPTargets(self, net), select(meta, "init"), self.prepare(net, meta), x, y,
-            self.form == "oja", self.plastic_bias, segment=segment, start=start,
+            self.form == "oja", self.plastic_bias, segment=segment, start=start, first_order=first_order,
         )
 
 

@@ -167,6 +167,7 @@ class _LifetimeSpec:
     groups: tuple[tuple[int, ...], ...]  # plastic layers with weights and coefficients of one shape
     segment: int = 0  # > 0: keep the state every `segment` steps, recompute the rest backward
     start: int = 0  # the first step the meta-gradient goes through (truncation)
+    first_order: bool = False  # updates taken at detached weights: W' = W + u(stopgrad W)
 
     @property
     def bias_keys(self) -> list[str]:
@@ -210,15 +211,17 @@ def _adjoint_step(
     d: Tensor,
     scratch: Tensor | None,
     grad_p: Tensor | None,
+    first_order: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Backward of W' = update(W, P, T, H) for a group of layers (leading dimension), in place.
 
     ``g`` (layers, tasks, out, in) holds dL/dW' on entry and the update path's part of dL/dW on
     exit. ``grad_p`` (P's gradient accumulator, shaped like ``p``: (layers, 1, out|1, in|1), or
     None when P needs none) gets dL/dP added. ``d`` and ``scratch`` (needed for Oja or dL/dP)
-    are buffers of g's shape. Returns dL/dT and dL/dH.
+    are buffers of g's shape. Returns dL/dT and dL/dH. ``first_order``: W inside the update is
+    a constant, so ``g`` passes through unchanged (identity path only).
     """
-    done, d_s = _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p)
+    done, d_s = (False, None) if first_order else _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p)
     if done:
         grad_t = torch.matmul(h, d.transpose(-1, -2))
         if d_s is not None:
@@ -243,7 +246,7 @@ def _adjoint_step(
                 grad_p.addcmul_(m.narrow(-3, k, 1), g.narrow(-3, k, 1))
         else:
             grad_p.add_(_sum_to(m.mul_(g), grad_p.shape))
-    if oja:
+    if oja and not first_order:
         g.addcmul_(s, d, value=-1.0)
     return grad_t, grad_h
 
@@ -449,6 +452,7 @@ class _HebbianLifetime(torch.autograd.Function):
                 grad_t, grad_h = _adjoint_step(
                     adj[g], state[g], coefs[g], t, h, oja,
                     buf_d[:size].view(adj[g].shape), buf_m[:size].view(adj[g].shape), grad_coefs[g],
+                    spec.first_order,
                 )
                 for j, l in enumerate(group):
                     grad_targets[l] = grad_t[j]
@@ -466,12 +470,16 @@ class _HebbianLifetime(torch.autograd.Function):
                         s_b = (t * t).sum(-2)
                         grad_t.addcmul_(t, (g_hebb * b).unsqueeze(-2), value=-2.0)
                         hebb_b = hebb_b - s_b * b
-                        adj_bias[bk] = g_b - g_hebb * s_b
+                        if not spec.first_order:
+                            adj_bias[bk] = g_b - g_hebb * s_b
                     if need_p[pk]:
                         grads[pk] = _add(grads[pk], _sum_to(g_b * hebb_b, p_b.shape))
 
             # Small part: the rule's target activities, then the network, by hand.
-            for l, g in bound.backward(trace, y_step, grad_targets).items():
+            to_network = bound.backward(trace, y_step, grad_targets)
+            if spec.first_order:
+                continue  # the activities come from detached weights: no path into the network
+            for l, g in to_network.items():
                 grad_post[l] = _add(grad_post.get(l), g)
             for l in range(last, lowest - 1, -1):
                 g = grad_post.get(l)
@@ -529,6 +537,7 @@ def hebbian_lifetime(
     plastic_bias: bool,
     segment: int = 0,
     start: int = 0,
+    first_order: bool = False,
 ) -> dict[str, Tensor]:
     """Weights after a lifetime of Hebb/Oja steps, as one autograd node.
 
@@ -536,6 +545,7 @@ def hebbian_lifetime(
     the backward pass (the same gradients, bitwise; memory ~ S/segment + segment weight copies
     instead of S). ``start`` > 0 truncates the meta-gradient to steps ``start`` .. S-1: the
     state before is a constant, so the plastic layers' initial weights get zero gradient.
+    ``first_order`` computes every update at detached weights (W' = W + u(stopgrad W)).
 
     ``model`` gives the target activity of every plastic layer and its backward pass (see
     ``TargetModel``) from the prepared parameters other than the coefficients. Layer l's
@@ -544,7 +554,9 @@ def hebbian_lifetime(
     flow to ``weights`` (the initial ones) and ``prepared``.
     """
     groups = _groups(net, weights, prepared)
-    spec = _LifetimeSpec(net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start)
+    spec = _LifetimeSpec(
+        net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order
+    )
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())
     final = dict(weights)
     for stacked, group in zip(out, groups):
