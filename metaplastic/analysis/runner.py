@@ -227,21 +227,16 @@ def analyze_checkpoint(
     dtype: torch.dtype = torch.float64,
 ) -> tuple[Any, dict[str, Any]]:
     """Load a checkpoint and analyse its meta-trained rule; returns (trainer, results)."""
-    from metaplastic.config import config_from_dict
-    from metaplastic.evaluation.checkpoint_eval import rule_label
-    from metaplastic.meta.checkpoint import load_checkpoint
-    from metaplastic.meta.trainer import MetaTrainer
+    from metaplastic.evaluation.checkpoint_eval import load_trainer, rule_label
 
-    payload = load_checkpoint(path)
-    config = config_from_dict(payload["config"])
-    if device:
-        config = config.replace(device=device)
-    trainer = MetaTrainer.from_state_dict(payload, config)
-    exp = trainer.experiment
+    trainer = load_trainer(path, device)
+    exp, config = trainer.experiment, trainer.config
     full = {k: v.detach().to(dtype) for k, v in trainer.meta.items()}
-    head_meta = getattr(exp, "head_meta", None)  # experiments with a frozen feature stage
-    meta = head_meta(full) if head_meta is not None else full
-    encode = (lambda ep: exp.encode(full, ep)) if hasattr(exp, "encode") else None
+    meta = exp.head_meta(full)  # without a frozen feature stage's parameters, if any
+
+    def encode(ep: Episodes) -> Episodes:
+        return exp.encode(full, ep)
+
     results = analyze_rule(exp.net, exp.rule, meta, exp.loss, exp.task, episodes, min(episodes, 32),
                            config.eval.seed, baseline, encode)
     results = {"checkpoint": str(path), "rule": rule_label(exp.rule), "config": config.name,

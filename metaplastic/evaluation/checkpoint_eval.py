@@ -47,14 +47,19 @@ def evaluate_trained_classification(trainer: MetaTrainer, untrained: bool = True
     return results
 
 
-def evaluate_checkpoint(
-    path: str | Path, references: bool = True, device: str | None = None
-) -> tuple[Experiment, dict[str, Any]]:
+def load_trainer(path: str | Path, device: str | None = None) -> MetaTrainer:
+    """The trainer saved in a checkpoint (or run folder), optionally moved to another device."""
     payload = load_checkpoint(path)
     config = config_from_dict(payload["config"])
     if device:
         config = config.replace(device=device)
-    trainer = MetaTrainer.from_state_dict(payload, config)
+    return MetaTrainer.from_state_dict(payload, config)
+
+
+def evaluate_checkpoint(
+    path: str | Path, references: bool = True, device: str | None = None
+) -> tuple[Experiment, dict[str, Any]]:
+    trainer = load_trainer(path, device)
     if is_classification(trainer.experiment):
         return trainer.experiment, evaluate_trained_classification(trainer, untrained=references)
     results = evaluate_trained(trainer, untrained=references)

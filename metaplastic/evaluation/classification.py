@@ -34,13 +34,13 @@ def episode_accuracy(experiment: Experiment, meta: dict[str, Tensor], episodes: 
     if exp.plastic_conv:  # the convs learn in the lifetime: classify with the adapted ones
         conv, weights = plastic_conv_lifetime(exp.encoder, exp.net, exp.rule, meta, episodes.x, episodes.y, exp.loss)
         qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
-        predicted = plastic_conv_outputs(exp.encoder, exp.net, conv, weights, qx).argmax(-1)
-        return (predicted == qy.argmax(-1)).to(torch.float64).mean(-1)
-    episodes = exp.encode(meta, episodes)
-    weights = run_lifetime(exp.net, exp.rule, exp.head_meta(meta), episodes.x, episodes.y, exp.loss)
-    qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
-    predicted = exp.net.forward(weights, qx).output.argmax(-1)
-    return (predicted == qy.argmax(-1)).to(torch.float64).mean(-1)
+        output = plastic_conv_outputs(exp.encoder, exp.net, conv, weights, qx)
+    else:
+        episodes = exp.encode(meta, episodes)
+        weights = run_lifetime(exp.net, exp.rule, exp.head_meta(meta), episodes.x, episodes.y, exp.loss)
+        qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
+        output = exp.net.forward(weights, qx).output
+    return (output.argmax(-1) == qy.argmax(-1)).to(torch.float64).mean(-1)
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:

@@ -53,8 +53,7 @@ def iterate_lifetime(
     weights = select(meta, "init")
     prepared = rule.prepare(net, meta)
     for step in range(x.shape[1]):
-        trace = net.forward(weights, x[:, step])
-        weights = {**weights, **rule.step(net, weights, prepared, trace, y[:, step], loss)}
+        weights = {**weights, **_inner_step(net, rule, loss, weights, prepared, x[:, step], y[:, step])}
         yield step, weights
 
 

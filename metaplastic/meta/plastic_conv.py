@@ -22,6 +22,7 @@ from torch import Tensor
 
 from metaplastic.losses import Loss
 from metaplastic.meta.lifetime import check_stream
+from metaplastic.meta.objective import meta_loss_points
 from metaplastic.networks import MLP
 from metaplastic.networks.conv import PREFIX as FEATURES
 from metaplastic.networks.conv import ConvEncoder
@@ -103,9 +104,5 @@ def plastic_conv_meta_loss(
 ) -> Tensor:
     """Mean over tasks of the post-lifetime query (+ remember) loss, through the adapted convs."""
     conv, weights = plastic_conv_lifetime(encoder, net, rule, meta, episodes.x, episodes.y, loss)
-    qx = episodes.query_x.flatten(1, 2)
-    qy = episodes.query_y.flatten(1, 2)
-    if episodes.remember_x.shape[1]:
-        qx = torch.cat([qx, episodes.remember_x], dim=1)
-        qy = torch.cat([qy, episodes.remember_y], dim=1)
+    qx, qy = meta_loss_points(episodes)
     return loss.value(plastic_conv_outputs(encoder, net, conv, weights, qx), qy).mean()

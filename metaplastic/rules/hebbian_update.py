@@ -169,6 +169,15 @@ class _LifetimeSpec:
     start: int = 0  # the first step the meta-gradient goes through (truncation)
     first_order: bool = False  # updates taken at detached weights: W' = W + u(stopgrad W)
 
+    def keeps_state(self, step: int) -> bool:
+        """Whether the forward pass saves the state before ``step`` (step 0's is the input)."""
+        in_window = 0 < step and step >= self.start
+        return in_window and (not self.segment or (step - self.start) % self.segment == 0)
+
+    def segment_begin(self, step: int) -> int:
+        """The first step of the checkpointed segment holding ``step``."""
+        return step - (step - self.start) % self.segment
+
     @property
     def bias_keys(self) -> list[str]:
         """The biases that change during the lifetime."""
@@ -212,14 +221,15 @@ def _adjoint_step(
     scratch: Tensor | None,
     grad_p: Tensor | None,
     first_order: bool = False,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """Backward of W' = update(W, P, T, H) for a group of layers (leading dimension), in place.
 
     ``g`` (layers, tasks, out, in) holds dL/dW' on entry and the update path's part of dL/dW on
     exit. ``grad_p`` (P's gradient accumulator, shaped like ``p``: (layers, 1, out|1, in|1), or
     None when P needs none) gets dL/dP added. ``d`` and ``scratch`` (needed for Oja or dL/dP)
     are buffers of g's shape. Returns dL/dT and dL/dH. ``first_order``: W inside the update is
-    a constant, so ``g`` passes through unchanged (identity path only).
+    a constant, so ``g`` passes through unchanged (identity path only), and the activities are
+    constants too (dL/dH is None).
     """
     done, d_s = (False, None) if first_order else _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p)
     if done:
@@ -229,7 +239,7 @@ def _adjoint_step(
         return grad_t, torch.matmul(t, d)
     torch.mul(g, p, out=d)  # dL/d(bracket)
     grad_t = torch.matmul(h, d.transpose(-1, -2))
-    grad_h = torch.matmul(t, d)
+    grad_h = None if first_order else torch.matmul(t, d)
     s = None
     if oja:
         assert scratch is not None
@@ -295,18 +305,16 @@ class _Records:
         self, spec: _LifetimeSpec, init: dict[str, Tensor], prepared: dict[str, Tensor], x: Tensor, y: Tensor,
         saved: tuple[Tensor, ...], n_steps: int,
     ):
-        self.spec, self.init, self.prepared, self.x, self.y, self.n_steps = spec, init, prepared, x, y, n_steps
+        self.spec, self.init, self.prepared, self.x, self.y, self.saved = spec, init, prepared, x, y, saved
         self.cache: dict[int, tuple[list[Tensor], dict[str, Tensor], list[Tensor]]] = {}
         n_state = len(spec.groups) + len(spec.bias_keys)
-        n_layers = len(spec.net.layers)
-        self.where: dict[int, int] = {}
+        n_pre = 0 if spec.segment else len(spec.net.layers)
+        self.where: dict[int, int] = {}  # step -> offset of its record in ``saved``
         pos = 0
         for step in range(spec.start, n_steps):
-            boundary = (step - spec.start) % spec.segment == 0 if spec.segment else True
-            if not spec.segment or boundary:
+            if not spec.segment or spec.segment_begin(step) == step:
                 self.where[step] = pos
-            pos += (n_state if step and boundary else 0) + (0 if spec.segment else n_layers)
-        self.saved = saved
+            pos += (n_state if spec.keeps_state(step) else 0) + n_pre
 
     def _state_at(self, step: int) -> tuple[list[Tensor], dict[str, Tensor], int]:
         n_groups, bias_keys = len(self.spec.groups), self.spec.bias_keys
@@ -324,7 +332,7 @@ class _Records:
             return state, biases, list(self.saved[pos:pos + len(spec.net.layers)])
         if step not in self.cache:
             self.cache.clear()
-            begin = step - (step - spec.start) % spec.segment
+            begin = spec.segment_begin(step)
             state, biases, _ = self._state_at(begin)
             weights = dict(self.init)
             weights.update(biases)
@@ -355,13 +363,10 @@ class _HebbianLifetime(torch.autograd.Function):
         saved: list[Tensor] = []  # see _Records
 
         def record(step: int, state_in: list[Tensor], biases: list[Tensor], pre: list[Tensor]) -> None:
-            if step < spec.start:
-                return
-            boundary = (step - spec.start) % spec.segment == 0 if spec.segment else True
-            if step and boundary:
+            if spec.keeps_state(step):
                 saved.extend(state_in)
                 saved.extend(biases)
-            if not spec.segment:
+            if not spec.segment and step >= spec.start:
                 saved.extend(pre)
 
         _run_steps(spec, prepared, weights, state, x, y, range(x.shape[1]), record)
@@ -456,7 +461,7 @@ class _HebbianLifetime(torch.autograd.Function):
                 )
                 for j, l in enumerate(group):
                     grad_targets[l] = grad_t[j]
-                    if l > 0:
+                    if l > 0 and grad_h is not None:
                         grad_post[l - 1] = grad_h[j]
             # The biases' update path.
             if spec.plastic_bias:
