@@ -17,6 +17,7 @@ import yaml
 
 from metaplastic.config_utils import build_dataclass, to_plain
 from metaplastic.errors import ConfigError
+from metaplastic.schedules import ALL_GROUPS, ScheduleConfig
 from metaplastic.params import GROUPS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -48,6 +49,9 @@ class NetworkConfig:
     output_activation: str = "identity"
     plastic: tuple[int, ...] | None = None
     conv: ConvConfig | None = None
+    # The output layer starts every lifetime from zero weights and biases, which are not
+    # meta-learned: what the original code's OML baseline did (see docs/reproduction.md).
+    reset_output: bool = False
 
 
 UNROLL_MODES = ("full", "checkpoint", "truncate", "first_order")
@@ -109,17 +113,32 @@ class MetaConfig:
     unroll: UnrollConfig = field(default_factory=UnrollConfig)
     checkpoint_every: int = 100
     log_every: int = 10
+    # Meta-validation: every N meta-steps (and at the first and last) score the meta-parameters
+    # on validate_episodes fixed held-out episodes; the best are kept in best.pt.
+    validate_every: int | None = None
+    validate_episodes: int = 20
+    # Learning-rate schedule per meta-parameter group (key 'all' for every group without its own).
+    schedule: dict[str, ScheduleConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.meta_batch < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("meta.steps must be >= 0 and meta.meta_batch, meta.checkpoint_every, meta.log_every >= 1")
+        if self.validate_every is not None and self.validate_every < 1:
+            raise ConfigError(f"meta.validate_every must be >= 1 or null, got {self.validate_every}")
+        if self.validate_episodes < 1:
+            raise ConfigError(f"meta.validate_episodes must be >= 1, got {self.validate_episodes}")
+        unknown_schedule = sorted(set(self.schedule) - set(GROUPS) - {ALL_GROUPS})
+        if unknown_schedule:
+            raise ConfigError(
+                f"unknown key 'meta.schedule.{unknown_schedule[0]}' (groups: {', '.join(GROUPS)}, or '{ALL_GROUPS}')"
+            )
         unknown = sorted(set(self.lr) - set(GROUPS))
         if unknown:
             raise ConfigError(f"unknown key 'meta.lr.{unknown[0]}' (meta-parameter groups: {', '.join(GROUPS)})")
         for g, v in self.lr.items():
             if v is not None and v < 0:
                 raise ConfigError(f"meta.lr.{g} must be >= 0 or null, got {v}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
+        if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"meta.grad_clip must be > 0 or null, got {self.grad_clip}")
 
 

@@ -20,6 +20,10 @@ class Loss(Protocol):
 
     def output_grad(self, output: Tensor, target: Tensor) -> Tensor: ...
 
+    def error_signal(self, output: Tensor, target: Tensor) -> Tensor: ...
+
+    def error_signal_vjp(self, output: Tensor, grad: Tensor) -> Tensor: ...
+
 
 class MSELoss:
     """Mean squared error over batch and output units: (1/(B*n)) sum (y_hat - y)^2."""
@@ -31,6 +35,14 @@ class MSELoss:
         n = output.shape[-2] * output.shape[-1]
         return 2.0 * (output - target) / n
 
+    def error_signal(self, output: Tensor, target: Tensor) -> Tensor:
+        """FLP's error signal e = y - y_hat."""
+        return target - output
+
+    def error_signal_vjp(self, output: Tensor, grad: Tensor) -> Tensor:
+        """grad^T de/dy_hat = -grad."""
+        return -grad
+
 
 class CrossEntropyLoss:
     """Softmax cross-entropy on logits with one-hot (or soft) targets, mean over the batch."""
@@ -40,6 +52,15 @@ class CrossEntropyLoss:
 
     def output_grad(self, output: Tensor, target: Tensor) -> Tensor:
         return (F.softmax(output, dim=-1) - target) / output.shape[-2]
+
+    def error_signal(self, output: Tensor, target: Tensor) -> Tensor:
+        """FLP's error signal under a softmax read-out: e = onehot(y) - softmax(y_hat)."""
+        return target - F.softmax(output, dim=-1)
+
+    def error_signal_vjp(self, output: Tensor, grad: Tensor) -> Tensor:
+        """grad^T de/dy_hat = -p * (grad - <p, grad>) with p = softmax(y_hat)."""
+        p = F.softmax(output, dim=-1)
+        return -p * (grad - (p * grad).sum(-1, keepdim=True))
 
 
 LOSSES = {"mse": MSELoss, "cross_entropy": CrossEntropyLoss}

@@ -43,7 +43,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     mode = resolve_mode(args.wandb)
     ckpt = Path(args.checkpoint)
-    experiment, results = evaluate_checkpoint(ckpt, references=not args.no_references, device=args.device)
+    experiment, results = evaluate_checkpoint(
+        ckpt, references=not args.no_references, device=args.device, which=args.which
+    )
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
     if is_classification(experiment):
         print(format_accuracy_table(results))
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint (file or run folder)")
     p.add_argument("checkpoint")
     p.add_argument("--no-references", action="store_true", help="skip the untrained and online-SGD references")
+    p.add_argument("--checkpoint", dest="which", choices=["last", "best"], default="last",
+                   help="of a run folder: the last checkpoint or the best by meta-validation (default last)")
     p.add_argument("--out", help="folder for evaluation.json/png (default: the checkpoint's folder)")
     p.add_argument("--device", help="torch device to evaluate on (default: the config's)")
     _wandb_flag(p)

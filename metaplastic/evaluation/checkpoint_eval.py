@@ -47,9 +47,10 @@ def evaluate_trained_classification(trainer: MetaTrainer, untrained: bool = True
     return results
 
 
-def load_trainer(path: str | Path, device: str | None = None) -> MetaTrainer:
-    """The trainer saved in a checkpoint (or run folder), optionally moved to another device."""
-    payload = load_checkpoint(path)
+def load_trainer(path: str | Path, device: str | None = None, which: str = "last") -> MetaTrainer:
+    """The trainer saved in a checkpoint (or a run folder's last or best one), optionally moved
+    to another device."""
+    payload = load_checkpoint(path, which=which)
     config = config_from_dict(payload["config"])
     if device:
         config = config.replace(device=device)
@@ -57,9 +58,9 @@ def load_trainer(path: str | Path, device: str | None = None) -> MetaTrainer:
 
 
 def evaluate_checkpoint(
-    path: str | Path, references: bool = True, device: str | None = None
+    path: str | Path, references: bool = True, device: str | None = None, which: str = "last"
 ) -> tuple[Experiment, dict[str, Any]]:
-    trainer = load_trainer(path, device)
+    trainer = load_trainer(path, device, which)
     if is_classification(trainer.experiment):
         return trainer.experiment, evaluate_trained_classification(trainer, untrained=references)
     results = evaluate_trained(trainer, untrained=references)

@@ -55,22 +55,33 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
-def evaluate_classification(experiment: Experiment, meta: dict[str, Tensor]) -> dict[str, Any]:
-    """{order: {"classes", "accuracy", "ci95", "chance", "runs"}} over ``eval.classes``."""
+def evaluate_classification(
+    experiment: Experiment,
+    meta: dict[str, Tensor],
+    split: str = "test",
+    seed: int | None = None,
+    episodes: int | None = None,
+    orders: tuple[str, ...] = ORDERS,
+) -> dict[str, Any]:
+    """{order: {"classes", "accuracy", "ci95", "chance", "runs"}} over ``eval.classes``, on
+    ``episodes`` (default ``eval.episodes``) lifetimes of ``split`` drawn from ``seed``
+    (default ``eval.seed``)."""
     exp = experiment
     ev = exp.config.eval
     dtype = exp.config.torch_dtype
+    n_runs = episodes or ev.episodes
+    seed = ev.seed if seed is None else seed
     results: dict[str, Any] = {}
-    for order in ORDERS:
+    for order in orders:
         task = exp.task.with_order(order)
         acc, ci = [], []
         for n in ev.classes:
-            g = seeded_generator(ev.seed, n)
+            g = seeded_generator(seed, n)
             runs: list[float] = []
-            while len(runs) < ev.episodes:
-                size = min(ev.batch, ev.episodes - len(runs))
-                episodes = task.sample(size, g, split="test", n_classes=n).to(exp.device, dtype)
-                runs += episode_accuracy(exp, meta, episodes).tolist()
+            while len(runs) < n_runs:
+                size = min(ev.batch, n_runs - len(runs))
+                episodes_ = task.sample(size, g, split=split, n_classes=n).to(exp.device, dtype)
+                runs += episode_accuracy(exp, meta, episodes_).tolist()
             m, h = mean_ci95(runs)
             acc.append(m)
             ci.append(h)
@@ -79,7 +90,7 @@ def evaluate_classification(experiment: Experiment, meta: dict[str, Tensor]) -> 
             "accuracy": acc,
             "ci95": ci,
             "chance": [1.0 / n for n in ev.classes],
-            "runs": ev.episodes,
+            "runs": n_runs,
         }
     return results
 

@@ -12,6 +12,7 @@ import torch
 from metaplastic.errors import CheckpointError
 
 FORMAT = "metaplastic-checkpoint/1"
+CHECKPOINT_FILES = {"last": "checkpoint.pt", "best": "best.pt"}  # in a run folder; best: by meta-validation
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -40,10 +41,17 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", which: str = "last"
+) -> dict[str, Any]:
+    """A checkpoint file, or a run folder's ``which`` checkpoint (last, or best by validation)."""
     path = Path(path)
+    if which not in CHECKPOINT_FILES:
+        raise CheckpointError(f"--checkpoint must be one of {', '.join(CHECKPOINT_FILES)}, got '{which}'")
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT_FILES[which]
+        if which == "best" and not path.is_file():
+            raise CheckpointError(f"no best checkpoint in {path.parent}: the run was not meta-validated (meta.validate_every)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

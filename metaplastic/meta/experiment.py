@@ -17,7 +17,7 @@ from metaplastic.errors import ConfigError
 from metaplastic.losses import Loss, get_loss
 from metaplastic.meta.objective import meta_loss
 from metaplastic.meta.plastic_conv import LR_PREFIX, conv_lr_init, plastic_conv_meta_loss
-from metaplastic.networks import MLP
+from metaplastic.networks import MLP, bias_key, weight_key
 from metaplastic.networks.conv import PREFIX as FEATURES
 from metaplastic.networks.conv import ConvEncoder
 from metaplastic.params import prefixed
@@ -76,6 +76,8 @@ class Experiment:
         sizes = [n_in or task.n_inputs, *config.network.hidden, task.n_outputs]
         plastic = list(config.network.plastic) if config.network.plastic is not None else None
         net = MLP.build(sizes, config.network.activation, config.network.output_activation, plastic)
+        if config.network.reset_output and not net.layers[-1].plastic:
+            raise ConfigError("network.reset_output needs a plastic output layer (it starts every lifetime at zero)")
         return cls(config, net, build_rule(config.rule), task, get_loss(task.loss_name), encoder)
 
     @property
@@ -97,7 +99,17 @@ class Experiment:
             meta.update(prefixed(self.encoder.init(g, dtype), "init"))
         if self.plastic_conv:
             meta.update(conv_lr_init(self.encoder, self.config.network.conv.lr_init, dtype))
+        for key in self.fixed_meta_keys():
+            meta[key] = torch.zeros_like(meta[key])
         return {k: v.to(self.device) for k, v in meta.items()}
+
+    def fixed_meta_keys(self) -> set[str]:
+        """Meta-parameters held at their initial value whatever ``meta.lr`` says: the output
+        layer's initial weights under ``network.reset_output`` (zero at every lifetime)."""
+        if not self.config.network.reset_output:
+            return set()
+        last = len(self.net.layers) - 1
+        return {f"init.{weight_key(last)}", f"init.{bias_key(last)}"}
 
     def head_meta(self, meta: dict[str, Tensor]) -> dict[str, Tensor]:
         """The meta-parameters of the network and rule, without the feature extractor's."""

@@ -1,7 +1,9 @@
-"""The outer loop: one Adam per meta-parameter group, clipping, divergence guard, checkpoints.
+"""The outer loop: one Adam per meta-parameter group, learning-rate schedules, clipping,
+divergence guard, meta-validation, checkpoints (last and best).
 
 A group whose learning rate is null in ``meta.lr`` is held fixed (no gradient is computed for
-it), which is how e.g. beta is fixed at 1 in the classification protocol.
+it), which is how e.g. beta is fixed at 1 in the classification protocol. Meta-validation runs
+without gradients on its own fixed episodes, so it cannot change the training numbers.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from torch import Tensor
 
 from metaplastic.config import ExperimentConfig, config_from_dict
 from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
-from metaplastic.meta.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from metaplastic.meta.checkpoint import CHECKPOINT_FILES, atomic_write_text, load_checkpoint, save_checkpoint
 from metaplastic.meta.experiment import Experiment
+from metaplastic.schedules import schedule_for
 from metaplastic.params import GROUPS, group_of
 from metaplastic.tasks import check_finite
 
@@ -34,8 +37,9 @@ class MetaTrainer:
         self.initial_meta = {k: v.detach().clone() for k, v in initial.items()}
         self.meta = {k: v.detach().clone() for k, v in initial.items()}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        fixed = experiment.fixed_meta_keys()
         for group in GROUPS:
-            keys = [k for k in self.meta if group_of(k) == group]
+            keys = [k for k in self.meta if group_of(k) == group and k not in fixed]
             lr = cfg.meta.lr.get(group)
             if not keys or lr is None:
                 continue
@@ -43,6 +47,28 @@ class MetaTrainer:
                 self.meta[k].requires_grad_(True)
             self.optimizers[group] = torch.optim.Adam([self.meta[k] for k in keys], lr=lr)
         self.step = 0
+        self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the best validation so far
+
+    def learning_rate(self, group: str, step: int | None = None) -> float:
+        """meta.lr[group] times the group's schedule factor at ``step`` (default: the next step)."""
+        meta_cfg = self.config.meta
+        base = meta_cfg.lr[group]
+        schedule = schedule_for(meta_cfg.schedule, group)
+        k = self.step if step is None else step
+        return base if schedule is None else base * schedule.factor(k, meta_cfg.steps)
+
+    def validate(self) -> dict[str, float]:
+        """Score the current meta-parameters on the validation episodes; keep track of the best."""
+        from metaplastic.evaluation.validation import higher_is_better, validate, validation_metric
+
+        values = validate(self.experiment, {k: v.detach() for k, v in self.meta.items()})
+        metric = validation_metric(self.experiment)
+        value = values[metric]
+        best = self.best
+        improved = best is None or (value > best["value"] if higher_is_better(metric) else value < best["value"])
+        if improved and math.isfinite(value):
+            self.best = {"step": self.step, "metric": metric, "value": value}
+        return {**values, "val/improved": float(bool(improved and math.isfinite(value)))}
 
     @property
     def config(self) -> ExperimentConfig:
@@ -84,8 +110,12 @@ class MetaTrainer:
                 scale = clip / (total + 1e-12)
                 for g in grads.values():
                     g.mul_(scale)
-            for opt in self.optimizers.values():
+            for group, opt in self.optimizers.items():
+                for param_group in opt.param_groups:
+                    param_group["lr"] = self.learning_rate(group)
                 opt.step()
+            if self.config.meta.schedule:
+                metrics.update({f"lr/{g}": self.learning_rate(g) for g in self.optimizers})
         self.step += 1
         metrics["step"] = self.step
         metrics["seconds"] = time.perf_counter() - start
@@ -99,6 +129,7 @@ class MetaTrainer:
             "meta": {k: v.detach().cpu() for k, v in self.meta.items()},
             "initial_meta": {k: v.cpu() for k, v in self.initial_meta.items()},
             "optimizers": {g: opt.state_dict() for g, opt in self.optimizers.items()},
+            "best": dict(self.best) if self.best is not None else None,
         }
 
     @classmethod
@@ -126,6 +157,8 @@ class MetaTrainer:
             for group in trainer.optimizers[g].param_groups:
                 group["lr"] = cfg.meta.lr[g]
         trainer.step = int(payload["step"])
+        best = payload.get("best")
+        trainer.best = dict(best) if isinstance(best, dict) else None
         return trainer
 
 
@@ -142,9 +175,14 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") 
 
 RESUMABLE_CHANGES = {
     "meta.steps", "meta.checkpoint_every", "meta.log_every", "out_dir", "device", "eval",
+    "meta.validate_every", "meta.validate_episodes",  # validation never changes the training numbers
     "meta.unroll.segment", "meta.unroll.compile",  # how the same gradient is computed
 }
 EXACT_UNROLL_MODES = {"full", "checkpoint"}  # the same meta-gradients: switching them is resumable
+
+
+def _is_validation_record(line: str) -> bool:
+    return any(k.startswith("val/") for k in json.loads(line))
 
 
 def _read_metrics(path: Path, upto: int) -> list[str]:
@@ -166,9 +204,11 @@ def train(
     progress: bool = True,
     on_step: Callable[[MetaTrainer, dict[str, float]], None] | None = None,
 ) -> MetaTrainer:
-    """Meta-train into ``config.run_dir`` (config.yaml, metrics.jsonl, checkpoint.pt)."""
+    """Meta-train into ``config.run_dir`` (config.yaml, metrics.jsonl, checkpoint.pt and, with
+    meta-validation, best.pt: the meta-parameters of the best validation step)."""
     run_dir = config.run_dir
-    ckpt = run_dir / "checkpoint.pt"
+    ckpt = run_dir / CHECKPOINT_FILES["last"]
+    best_ckpt = run_dir / CHECKPOINT_FILES["best"]
     if ckpt.exists() and not resume:
         raise ConfigError(
             f"{run_dir} already holds a checkpoint: pass --resume to continue it or choose another out_dir"
@@ -199,10 +239,23 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     kept = _read_metrics(metrics_path, trainer.step)
     atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
-    if not ckpt.exists():
+    meta_cfg = config.meta
+    every = meta_cfg.validate_every
+
+    def validate_into(metrics: dict[str, float]) -> None:
+        values = trainer.validate()
+        if values.pop("val/improved"):
+            save_checkpoint(best_ckpt, trainer.state_dict())  # before the last checkpoint records it
+        metrics.update(values)
+
+    if every and trainer.step == 0 and not any(_is_validation_record(line) for line in kept):
+        first = {"step": 0}
+        validate_into(first)
+        with metrics_path.open("a") as log:
+            log.write(json.dumps(first) + "\n")
+    if not ckpt.exists() or (every and trainer.step == 0):
         save_checkpoint(ckpt, trainer.state_dict())
 
-    meta_cfg = config.meta
     bar = None
     if progress:
         from tqdm import tqdm
@@ -223,7 +276,10 @@ def train(
                     metrics = trainer.meta_step()
                 except DivergenceError as e:
                     raise DivergenceError(f"{e} (last checkpoint intact: {ckpt})") from None
-                if trainer.step % meta_cfg.log_every == 0 or trainer.step == meta_cfg.steps:
+                validated = bool(every) and (trainer.step % every == 0 or trainer.step == meta_cfg.steps)
+                if validated:
+                    validate_into(metrics)
+                if trainer.step % meta_cfg.log_every == 0 or trainer.step == meta_cfg.steps or validated:
                     log.write(json.dumps(metrics) + "\n")
                     log.flush()
                 if trainer.step % meta_cfg.checkpoint_every == 0 or trainer.step == meta_cfg.steps:

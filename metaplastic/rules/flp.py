@@ -2,7 +2,8 @@
 
 For every plastic layer l, from one forward pass on the minibatch:
 
-    s   = y - y_hat  (signal "error")   or   y  (signal "target")
+    s   = y - y_hat  (signal "error"; under cross-entropy onehot(y) - softmax(y_hat))
+          or  y      (signal "target")
     f_l = phi_B(B_l s + c_l)                          feedback pathway (deeper if configured)
     t_l = beta_l f_l + (1 - beta_l) h_l               target activity
     Hebb: dW_l = m_l P_l * (t_l^T h_{l-1})
@@ -58,6 +59,7 @@ class FLPRule:
     beta_sigmoid: bool = False
     coef_init: float = 0.0
     coef_nonneg: bool = False
+    coef_max: float | None = None
     hidden_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
@@ -73,6 +75,17 @@ class FLPRule:
             raise ConfigError("rule.beta_init must lie in (0, 1) when rule.beta_sigmoid is true")
         if self.coef_nonneg and self.coef_init <= 0.0:
             raise ConfigError("rule.coef_init must be > 0 when rule.coef_nonneg is true (softplus)")
+        if self.coef_max is not None:
+            if self.coef_nonneg:
+                raise ConfigError("rule.coef_max and rule.coef_nonneg are two parameterisations of P: choose one")
+            if not 0.0 < self.coef_init < self.coef_max:
+                raise ConfigError("rule.coef_init must lie in (0, rule.coef_max) when rule.coef_max is set")
+
+    def _coef_raw(self) -> float:
+        """The stored value of P's initial coefficient under the chosen parameterisation."""
+        if self.coef_max is not None:
+            return _inverse_sigmoid(self.coef_init / self.coef_max)
+        return _inverse_softplus(self.coef_init) if self.coef_nonneg else self.coef_init
 
     # ---- meta-parameters -------------------------------------------------------------
     def _uses_feedback(self, net: MLP, layer: int) -> bool:
@@ -81,7 +94,7 @@ class FLPRule:
     def init(self, net: MLP, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
         n_signal = net.out_features
         feedback, coef, beta = {}, {}, {}
-        coef_raw = _inverse_softplus(self.coef_init) if self.coef_nonneg else self.coef_init
+        coef_raw = self._coef_raw()
         beta_raw = _inverse_sigmoid(self.beta_init) if self.beta_sigmoid else self.beta_init
         for l in net.plastic_layers:
             spec = net.layers[l]
@@ -106,6 +119,8 @@ class FLPRule:
         beta = select(meta, "beta")
         if self.coef_nonneg:
             coef = {k: F.softplus(v) for k, v in coef.items()}
+        elif self.coef_max is not None:
+            coef = {k: self.coef_max * torch.sigmoid(v) for k, v in coef.items()}
         if self.beta_sigmoid:
             beta = {k: torch.sigmoid(v) for k, v in beta.items()}
         prepared = {**prefixed(select(meta, "feedback"), "feedback"), **prefixed(beta, "beta")}
@@ -136,9 +151,15 @@ class FLPRule:
         beta = prepared[f"beta.{layer}"]
         return beta * self.feedback(prepared, layer, signal) + (1.0 - beta) * trace.post[layer]
 
-    def targets(self, net: MLP, prepared: dict[str, Tensor], trace: Trace, target: Tensor) -> dict[int, Tensor]:
+    def supervision(self, trace: Trace, target: Tensor, loss: Loss) -> Tensor:
+        """The signal s: the loss's error (y - y_hat, or onehot(y) - softmax(y_hat)) or y."""
+        return loss.error_signal(trace.output, target) if self.signal == "error" else target
+
+    def targets(
+        self, net: MLP, prepared: dict[str, Tensor], trace: Trace, target: Tensor, loss: Loss
+    ) -> dict[int, Tensor]:
         """Target activity t_l of every plastic layer for one forward pass."""
-        signal = target - trace.output if self.signal == "error" else target
+        signal = self.supervision(trace, target, loss)
         return {l: self.target_activity(net, prepared, l, trace, signal) for l in net.plastic_layers}
 
     def step(
@@ -152,7 +173,7 @@ class FLPRule:
     ) -> dict[str, Tensor]:
         oja = self.form == "oja"
         new = {}
-        for l, t in self.targets(net, prepared, trace, target).items():
+        for l, t in self.targets(net, prepared, trace, target, loss).items():
             w = weights[weight_key(l)]
             new[weight_key(l)] = hebbian_update(w, prepared[f"coef.{l}.weight"], t, trace.inputs[l], oja)
             if self.plastic_bias:
@@ -171,7 +192,7 @@ class FLPRule:
         steps; the meta-gradient goes through steps ``start`` onwards (truncation);
         ``first_order`` takes every update at detached weights."""
         return hebbian_lifetime(
-            net, _FLPTargets(self, net), select(meta, "init"), self.prepare(net, meta), x, y,
+            net, _FLPTargets(self, net, loss), select(meta, "init"), self.prepare(net, meta), x, y,
             self.form == "oja", self.plastic_bias, segment=segment, start=start, first_order=first_order,
         )
 
@@ -182,9 +203,10 @@ class _FLPTargets:
 
     rule: FLPRule
     net: MLP
+    loss: Loss
 
     def bind(self, prepared: dict[str, Tensor], wanted: set[str]) -> _BoundFLP:
-        return _BoundFLP(self.rule, self.net, prepared, wanted)
+        return _BoundFLP(self.rule, self.net, self.loss, prepared, wanted)
 
 
 class _BoundFLP:
@@ -196,8 +218,8 @@ class _BoundFLP:
     over the lifetime and split per layer at the end. Deeper pathways go layer by layer.
     """
 
-    def __init__(self, rule: FLPRule, net: MLP, prepared: dict[str, Tensor], wanted: set[str]):
-        self.rule, self.net, self.prepared, self.wanted = rule, net, prepared, wanted
+    def __init__(self, rule: FLPRule, net: MLP, loss: Loss, prepared: dict[str, Tensor], wanted: set[str]):
+        self.rule, self.net, self.loss, self.prepared, self.wanted = rule, net, loss, prepared, wanted
         self.act = rule.feedback_activation
         self.phi = get_activation(self.act).fn
         self.through_signal = rule.signal == "error"
@@ -224,8 +246,8 @@ class _BoundFLP:
 
     def targets(self, trace: Trace, target: Tensor) -> dict[int, Tensor]:
         if not self.stacked:
-            return self.rule.targets(self.net, self.prepared, trace, target)
-        signal = target - trace.output if self.through_signal else target
+            return self.rule.targets(self.net, self.prepared, trace, target, self.loss)
+        signal = self.rule.supervision(trace, target, self.loss)
         z = torch.matmul(signal, self.weight.t()) + self.bias
         f = self.phi(z)
         h = torch.cat([trace.post[l] for l in self.fed], -1)
@@ -256,13 +278,14 @@ class _BoundFLP:
             for l in self.direct:
                 g_signal = g_signal + grad_targets[l]
             out = len(self.net.layers) - 1
-            grad_post[out] = grad_post[out] - g_signal if out in grad_post else -g_signal
+            g_out = self.loss.error_signal_vjp(trace.output, g_signal)
+            grad_post[out] = grad_post[out] + g_out if out in grad_post else g_out
         return grad_post
 
     def _backward_by_layer(self, trace: Trace, target: Tensor, grad_targets: dict[int, Tensor]) -> dict[int, Tensor]:
         prepared, wanted = self.prepared, self.wanted
         depth = len(self.rule.feedback_hidden) + 1
-        signal = target - trace.output if self.through_signal else target
+        signal = self.rule.supervision(trace, target, self.loss)
         grad_post: dict[int, Tensor] = {}
         grad_signal: Tensor | None = None
         for l in self.direct:
@@ -294,7 +317,8 @@ class _BoundFLP:
                 grad_signal = g if grad_signal is None else grad_signal + g
         if self.through_signal and grad_signal is not None:
             out = len(self.net.layers) - 1
-            grad_post[out] = grad_post[out] - grad_signal if out in grad_post else -grad_signal
+            g_out = self.loss.error_signal_vjp(trace.output, grad_signal)
+            grad_post[out] = grad_post[out] + g_out if out in grad_post else g_out
         return grad_post
 
     def grads(self) -> dict[str, Tensor]:

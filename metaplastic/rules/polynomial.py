@@ -132,7 +132,7 @@ class PolynomialRule:
         loss: Loss,
     ) -> dict[str, Tensor]:
         new = {}
-        for l, t in self.targets_rule().targets(net, prepared, trace, target).items():
+        for l, t in self.targets_rule().targets(net, prepared, trace, target, loss).items():
             w = weights[weight_key(l)]
             x, h = trace.inputs[l], trace.post[l]
             dw = sum(prepared[f"coef.{term}.{l}"] * TERMS[term](x, h, t, w) for term in self.terms)

@@ -65,6 +65,27 @@ def assemble_episodes(
 
 
 @functools.lru_cache(maxsize=8)
+def split_validation(pool: ClassPool, fraction: float, seed: int, by_class: bool) -> tuple[ClassPool, ClassPool]:
+    """(train, validation) from a training pool: a seeded ``fraction`` of its classes
+    (``by_class``: new classes, as the test split has) or of every class's samples."""
+    g = torch.Generator().manual_seed(seed)
+    if by_class:
+        order = torch.randperm(pool.n_classes, generator=g).tolist()
+        n_val = max(1, int(round(fraction * pool.n_classes)))
+        val = sorted(order[:n_val])
+        train = sorted(order[n_val:])
+        pick = lambda ids: ClassPool(pool.x, tuple(pool.members[i] for i in ids), tuple(pool.names[i] for i in ids))  # noqa: E731
+        return pick(train), pick(val)
+    train_m, val_m = [], []
+    for m in pool.members:
+        perm = m[torch.randperm(len(m), generator=g)]
+        n_val = max(1, int(round(fraction * len(m))))
+        val_m.append(perm[:n_val].sort().values)
+        train_m.append(perm[n_val:].sort().values)
+    return ClassPool(pool.x, tuple(train_m), pool.names), ClassPool(pool.x, tuple(val_m), pool.names)
+
+
+@functools.lru_cache(maxsize=8)
 def _omniglot_pools(
     root: str, image_size: int, cache_dir: str | None, split: str, test_alphabets: tuple[str, ...],
     test_fraction: float, split_seed: int,
@@ -120,6 +141,7 @@ class ClassificationStream:
     order: str = "continual"
     remember_size: int = 0
     n_outputs: int = 100
+    validation_fraction: float = 0.0  # of the training classes (Omniglot) or samples (arrays), for meta.validate_every
 
     def __post_init__(self) -> None:
         for key, allowed in (("source", SOURCES), ("order", ORDERS), ("split", SPLITS)):
@@ -132,6 +154,8 @@ class ClassificationStream:
             raise ConfigError(f"task.remember_size must be >= 0, got {self.remember_size}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"task.test_fraction must lie in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"task.validation_fraction must lie in [0, 1), got {self.validation_fraction}")
         if self.n_classes > self.n_outputs:
             raise ConfigError(f"task.n_classes ({self.n_classes}) exceeds task.n_outputs ({self.n_outputs})")
 
@@ -159,8 +183,12 @@ class ClassificationStream:
         return dataclasses.replace(self, order=order)
 
     def pool(self, split: str) -> ClassPool:
-        if split not in ("train", "test"):
-            raise ConfigError(f"split must be 'train' or 'test', got '{split}'")
+        """The samples of ``split``: train, validation (carved from train when
+        ``validation_fraction`` > 0; never the test split) or test."""
+        if split not in ("train", "validation", "test"):
+            raise ConfigError(f"split must be 'train', 'validation' or 'test', got '{split}'")
+        if split == "validation" and self.validation_fraction == 0.0:
+            raise ConfigError("a validation split needs task.validation_fraction > 0 (e.g. 0.2)")
         if self.source == "omniglot":
             pools = _omniglot_pools(
                 self.root, self.image_size, self.cache_dir, self.split, tuple(self.test_alphabets),
@@ -168,7 +196,12 @@ class ClassificationStream:
             )
         else:
             pools = _array_pools(self.source)
-        return pools[split]
+        if split == "test" or self.validation_fraction == 0.0:
+            return pools[split]
+        train, validation = split_validation(
+            pools["train"], self.validation_fraction, self.split_seed + 1, by_class=self.source == "omniglot"
+        )
+        return train if split == "train" else validation
 
     # ---- sampling --------------------------------------------------------------------
     def sample(

@@ -84,7 +84,8 @@ def training_callback(tracker: Tracker, log_every: int, final_step: int) -> Call
     from metaplastic.tracking.stats import rule_statistics
 
     def on_step(trainer: Any, metrics: dict[str, float]) -> None:
-        if trainer.step % log_every == 0 or trainer.step == final_step:
+        validated = any(k.startswith("val/") for k in metrics)
+        if trainer.step % log_every == 0 or trainer.step == final_step or validated:
             exp = trainer.experiment
             stats = rule_statistics(exp.net, exp.rule, trainer.meta)
             tracker.log({k: v for k, v in {**metrics, **stats}.items() if k != "step"}, step=trainer.step)
