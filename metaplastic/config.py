@@ -17,8 +17,8 @@ import yaml
 
 from metaplastic.config_utils import build_dataclass, to_plain
 from metaplastic.errors import ConfigError
-from metaplastic.schedules import ALL_GROUPS, ScheduleConfig
 from metaplastic.params import GROUPS
+from metaplastic.schedules import ALL_GROUPS, ScheduleConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -1,15 +1,26 @@
-"""Suites: meta-train several configs, evaluate them with references, report side by side.
+"""Suites: meta-train several configs (optionally over seeds), evaluate them with references,
+report side by side.
 
-A suite file names the runs (label -> config path, relative to the suite file). Each run
-trains into ``<out_dir>/<label>`` and resumes if that folder already holds a checkpoint, so a
-killed suite continues where it stopped and a finished one is only re-evaluated.
+A suite file names the runs (label -> config path, relative to the suite file) and, with
+``seeds``, repeats every run once per seed. Each run trains into ``<out_dir>/<label>`` (or
+``<out_dir>/<label>/seed<k>``), resumes if that folder already holds a checkpoint, and writes its
+own ``results.json`` there (its evaluation at the last checkpoint and, when meta-validated, at the
+best one); a finished run whose results file matches its checkpoint is not evaluated again. So a
+killed suite continues where it stopped. ``jobs`` > 1 trains that many runs at once in separate
+processes (one thread each unless ``threads`` says otherwise); every run is seeded by its own
+config, so the numbers do not depend on ``jobs``. With seeds, the suite table gives the mean
+over seeds with a 95% Student-t interval (``metaplastic.evaluation.aggregate``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +28,31 @@ import yaml
 
 from metaplastic.config import load_config
 from metaplastic.config_utils import build_dataclass
-from metaplastic.errors import ConfigError
-from metaplastic.evaluation.checkpoint_eval import evaluate_trained, rule_label
-from metaplastic.evaluation.references import evaluate_online_sgd
-from metaplastic.evaluation.report import format_table, plot_curves, write_json
-from metaplastic.meta.trainer import train
+from metaplastic.errors import ConfigError, MetaplasticError
 
 
 @dataclass(frozen=True)
 class SuiteConfig:
     name: str
-    runs: dict[str, str]
+    runs: dict[str, Any]  # label -> config path, or {config: path, overrides: [key=value, ...]}
     out_dir: str | None = None
     references: bool = True
+    seeds: tuple[int, ...] | None = None  # one run per seed and label (the config's seed is replaced)
+    overrides: tuple[str, ...] = ()  # key=value applied to every run, before the command line's
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a suite: its label, seed (None: the config's) and the config's arguments."""
+
+    label: str
+    seed: int | None
+    config_path: str
+    overrides: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return self.label if self.seed is None else f"{self.label} [seed {self.seed}]"
 
 
 def load_suite(path: Path) -> SuiteConfig:
@@ -37,6 +60,8 @@ def load_suite(path: Path) -> SuiteConfig:
         raise ConfigError(f"suite file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read suite {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"malformed YAML in {path}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
@@ -45,48 +70,186 @@ def load_suite(path: Path) -> SuiteConfig:
     suite = build_dataclass(SuiteConfig, data, "suite")
     if not suite.runs:
         raise ConfigError(f"suite {path} lists no runs")
+    if suite.seeds is not None and not suite.seeds:
+        raise ConfigError(f"suite {path}: seeds must list at least one seed (or be left out)")
+    for label, entry in suite.runs.items():
+        _run_entry(label, entry)
     return suite
+
+
+def _run_entry(label: str, entry: Any) -> tuple[str, tuple[str, ...]]:
+    """(config path, overrides) of one suite entry: a path, or {config, overrides}."""
+    if isinstance(entry, str):
+        return entry, ()
+    if isinstance(entry, dict) and isinstance(entry.get("config"), str) and set(entry) <= {"config", "overrides"}:
+        overrides = entry.get("overrides") or []
+        if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+            return entry["config"], tuple(overrides)
+    raise ConfigError(
+        f"suite run '{label}' must be a config path or {{config: PATH, overrides: [key=value, ...]}}, got {entry!r}"
+    )
 
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_").lower() or "run"
 
 
+def plan_runs(path: Path, suite: SuiteConfig, overrides: list[str], out: Path, only: list[str] | None) -> list[RunSpec]:
+    """Every (label, seed) of the suite, its config validated now: a typo fails before any run."""
+    labels = list(suite.runs)
+    if only:
+        unknown = [o for o in only if o not in suite.runs]
+        if unknown:
+            raise ConfigError(f"--only '{unknown[0]}' is not a run of {path} (runs: {', '.join(labels)})")
+        labels = [label for label in labels if label in only]
+    specs = []
+    # seed-major: every learner's first seed before any learner's second, so a suite stopped
+    # early has compared all learners on the seeds it finished
+    for seed in suite.seeds if suite.seeds is not None else (None,):
+        for label in labels:
+            config_path, own = _run_entry(label, suite.runs[label])
+            run_dir = out / _slug(label) / (f"seed{seed}" if seed is not None else "")
+            extra = [*suite.overrides, *own, *overrides, *([f"seed={seed}"] if seed is not None else []),
+                     f"out_dir={run_dir.as_posix().rstrip('/')}"]
+            spec = RunSpec(label, seed, str(path.parent / config_path), tuple(extra))
+            load_config(spec.config_path, list(spec.overrides))
+            specs.append(spec)
+    return specs
+
+
+def run_one(spec: RunSpec, references: bool, progress: bool, threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume) one run and evaluate it; the record is also written to its results.json."""
+    import torch
+
+    from metaplastic.evaluation.checkpoint_eval import evaluate_trained, evaluate_trained_classification, load_trainer
+    from metaplastic.evaluation.classification import is_classification
+    from metaplastic.evaluation.report import write_json
+    from metaplastic.meta.checkpoint import CHECKPOINT_FILES
+    from metaplastic.meta.trainer import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(spec.config_path, list(spec.overrides))
+    results_path = cfg.run_dir / "results.json"
+    done = _finished_record(results_path, cfg.to_dict())
+    if done is not None:
+        return done
+    start = time.perf_counter()
+    trainer = train(cfg, resume=True, progress=progress)
+    seconds = time.perf_counter() - start
+    evaluate = evaluate_trained_classification if is_classification(trainer.experiment) else evaluate_trained
+    record: dict[str, Any] = {
+        "label": spec.label,
+        "seed": spec.seed,
+        "run_dir": str(cfg.run_dir),
+        "step": trainer.step,
+        "train_seconds_this_session": seconds,
+        "config": cfg.to_dict(),
+        "last": _strip_labels(evaluate(trainer, untrained=references)),
+    }
+    if trainer.best is not None and (cfg.run_dir / CHECKPOINT_FILES["best"]).is_file():
+        best = load_trainer(cfg.run_dir, which="best")
+        record["best"] = {**_strip_labels(evaluate(best, untrained=False)), "validation": trainer.best}
+    record["validation_curve"] = validation_curve(cfg.run_dir / "metrics.jsonl")
+    record["train_seconds_total"] = sum(r.get("seconds", 0.0) for r in _metrics(cfg.run_dir / "metrics.jsonl"))
+    write_json(results_path, record)
+    return record
+
+
+def _strip_labels(results: dict[str, Any]) -> dict[str, Any]:
+    """{"trained": ..., "untrained": ...} from the evaluators' labelled rows."""
+    out = {}
+    for name, res in results.items():
+        out["untrained" if name.endswith("untrained init") else "trained"] = res
+    return out
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def validation_curve(path: Path) -> dict[str, list[float]]:
+    """{"step": [...], "<metric>": [...]} of every meta-validation in a run's metrics.jsonl."""
+    curve: dict[str, list[float]] = {"step": []}
+    for row in _metrics(path):
+        vals = {k: v for k, v in row.items() if k.startswith("val/")}
+        if vals:
+            curve["step"].append(row["step"])
+            for k, v in vals.items():
+                curve.setdefault(k, []).append(v)
+    return curve
+
+
+def _finished_record(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's results.json if it records this config at its final step, else None."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("config") != config:
+        return None
+    return record if record.get("step") == config["meta"]["steps"] else None
+
+
 def run_suite(
-    path: str | Path, overrides: list[str] | None = None, progress: bool = True, out_dir: str | None = None, log=print
+    path: str | Path,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    out_dir: str | None = None,
+    log=print,
+    jobs: int = 1,
+    only: list[str] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
+    from metaplastic.evaluation.aggregate import aggregate_runs, write_suite_outputs
+    from metaplastic.evaluation.references import evaluate_online_sgd
+    from metaplastic.meta.experiment import Experiment
+
     path = Path(path)
     suite = load_suite(path)
     out = Path(out_dir or suite.out_dir or Path("runs") / suite.name)
-    results: dict[str, Any] = {}
-    train_seconds: dict[str, float] = {}
-    configs: dict[str, Any] = {}
-    first_experiment = None
-    for label, cfg_path in suite.runs.items():
-        cfg = load_config(path.parent / cfg_path, [*(overrides or []), f"out_dir={out / _slug(label)}"])
-        start = time.perf_counter()
-        trainer = train(cfg, resume=True, progress=progress)
-        train_seconds[label] = time.perf_counter() - start
-        configs[label] = cfg.to_dict()
-        log(
-            f"{label}: {rule_label(trainer.experiment.rule)} meta-trained for {trainer.step} steps "
-            f"({train_seconds[label]:.0f} s this session) -> {cfg.run_dir}"
-        )
-        results.update(evaluate_trained(trainer, label=label, untrained=suite.references))
-        first_experiment = first_experiment or trainer.experiment
-    if suite.references and first_experiment is not None:
-        sgd = evaluate_online_sgd(first_experiment)
-        lrs = f"lr {sgd['continual']['lr']:g}/{sgd['iid']['lr']:g}"
-        results[f"online SGD, random init ({lrs})"] = sgd
-    table = format_table(results)
-    log("")
-    log(table)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / "results.json",
-        {"suite": suite.name, "results": results, "train_seconds": train_seconds, "configs": configs},
-    )
-    plot_curves(results, out / "mse_vs_functions.png", title=f"{suite.name}: sine regression")
-    (out / "table.txt").write_text(table + "\n")
-    log(f"\nwrote {out / 'results.json'}, {out / 'mse_vs_functions.png'}, {out / 'table.txt'}")
-    return results
+    specs = plan_runs(path, suite, list(overrides or []), out, only)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    records: dict[str, dict[str, Any]] = {}
+    if jobs == 1:
+        for spec in specs:
+            records[spec.key] = run_one(spec, suite.references, progress, threads)
+            _log_run(log, records[spec.key])
+    else:
+        per_job = threads or max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {spec.key: pool.submit(run_one, spec, suite.references, False, per_job) for spec in specs}
+            for spec in specs:
+                try:
+                    records[spec.key] = futures[spec.key].result()
+                except MetaplasticError as e:
+                    raise type(e)(f"{spec.key}: {e}") from None
+                _log_run(log, records[spec.key])
+    references = {}
+    if suite.references and specs:
+        first = load_config(specs[0].config_path, list(specs[0].overrides))
+        experiment = Experiment.from_config(first)
+        if getattr(experiment.task, "name", None) != "classification":
+            references["online SGD, random init"] = evaluate_online_sgd(experiment)
+    summary = aggregate_runs(records, references)
+    write_suite_outputs(out, suite.name, records, summary, log)
+    return summary
+
+
+def _log_run(log, record: dict[str, Any]) -> None:
+    seed = "" if record["seed"] is None else f" seed {record['seed']}"
+    log(f"{record['label']}{seed}: {record['step']} meta-steps ({record['train_seconds_total']:.0f} s of training) "
+        f"-> {record['run_dir']}")

@@ -70,13 +70,35 @@ def test_suite_writes_table_json_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["suite", str(suite), "--out", str(out), "--no-progress"]) == 0
     data = json.loads((out / "results.json").read_text())
-    names = list(data["results"])
-    assert len(names) == 5
-    assert names[0].startswith("FLP meta-trained") and names[2].startswith("OML meta-trained")
-    assert names[4].startswith("online SGD")
-    assert (out / "mse_vs_functions.png").stat().st_size > 1000
+    assert list(data["summary"]["methods"]) == ["FLP", "OML"]
+    assert list(data["summary"]["references"])[0].startswith("online SGD")
+    for label in ("flp", "oml"):
+        record = json.loads((out / label / "results.json").read_text())  # one results file per run
+        assert record["step"] == 3 and set(record["last"]) == {"trained", "untrained"}
+    assert (out / "curves.png").stat().st_size > 1000
+    table = (out / "table.txt").read_text()
+    assert "FLP (last)" in table and "OML untrained init" in table
     # A second run resumes finished runs instead of retraining or failing.
+    before = (out / "flp" / "results.json").stat().st_mtime_ns
     assert main(["suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "flp" / "results.json").stat().st_mtime_ns == before  # finished: not evaluated again
+
+
+def test_suite_over_seeds_in_parallel_equals_sequential(tmp_path: Path) -> None:
+    tiny = {**TINY, "meta": {**TINY["meta"], "validate_every": 1}}
+    write(tmp_path / "flp.yaml", tiny)
+    suite = write(tmp_path / "suite.yaml", {"name": "s", "runs": {"FLP": "flp.yaml"}, "seeds": [0, 1],
+                                            "references": False})
+    assert main(["suite", str(suite), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["suite", str(suite), "--out", str(tmp_path / "b"), "--no-progress", "--jobs", "2"]) == 0
+    a = json.loads((tmp_path / "a" / "results.json").read_text())["summary"]["methods"]["FLP"]
+    b = json.loads((tmp_path / "b" / "results.json").read_text())["summary"]["methods"]["FLP"]
+    assert a["last"] == b["last"] and a["best"] == b["best"]
+    cell = a["last"]["continual"]["mse"]
+    assert cell["n"] == 2 and cell["per_seed"][0] != cell["per_seed"][1] and cell["ci95"] > 0
+    assert (tmp_path / "a" / "validation.png").stat().st_size > 1000
+    assert (tmp_path / "a" / "flp" / "seed1" / "best.pt").is_file()
+    assert main(["suite", str(suite), "--out", str(tmp_path / "c"), "--no-progress", "--only", "OML"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,8 @@ def test_coef_max_meta_gradient_matches_finite_differences():
         minus = {k: v.detach().clone() for k, v in meta.items()}
         plus[key][idx] += eps
         minus[key][idx] -= eps
-        fd = (exp.meta_loss(plus, episodes, exp.config.meta.unroll) - exp.meta_loss(minus, episodes, exp.config.meta.unroll)) / (2 * eps)
+        unroll = exp.config.meta.unroll
+        fd = (exp.meta_loss(plus, episodes, unroll) - exp.meta_loss(minus, episodes, unroll)) / (2 * eps)
         assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-5, abs=1e-10)
 
 
@@ -189,7 +190,8 @@ def test_error_signal_under_cross_entropy_is_onehot_minus_softmax():
     logits = torch.randn(2, 3, 10, dtype=torch.float64)
     y = F.one_hot(torch.tensor([[1, 4, 9], [0, 0, 2]]), 10).to(torch.float64)
     assert torch.allclose(loss.error_signal(logits, y), y - torch.softmax(logits, -1))
-    trace = exp.net.forward({k[5:]: v for k, v in exp.init_meta().items() if k.startswith("init.")}, torch.randn(2, 3, 64, dtype=torch.float64))
+    weights = {k[5:]: v for k, v in exp.init_meta().items() if k.startswith("init.")}
+    trace = exp.net.forward(weights, torch.randn(2, 3, 64, dtype=torch.float64))
     assert torch.allclose(exp.rule.supervision(trace, y, loss), y - torch.softmax(trace.output, -1))
 
 

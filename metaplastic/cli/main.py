@@ -81,7 +81,8 @@ def _suite(args: argparse.Namespace) -> None:
     from metaplastic.suite import run_suite
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
-    run_suite(args.suite, overrides, progress=not args.no_progress, out_dir=args.out)
+    run_suite(args.suite, overrides, progress=not args.no_progress, out_dir=args.out, jobs=args.jobs,
+              only=args.only, threads=args.threads)
 
 
 def _wandb_flag(p: argparse.ArgumentParser) -> None:
@@ -154,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the suite's out_dir)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", help="torch device for every run")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="runs trained at once, in separate processes (default 1)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads per run (default: cores / jobs with --jobs)")
+    p.add_argument("--only", action="append", metavar="LABEL", help="run only this label of the suite (repeatable)")
     p.set_defaults(func=_suite)
 
     p = sub.add_parser("compare", help="train a set of rules (no meta-learning) on mnist1d and digits, compare errors")

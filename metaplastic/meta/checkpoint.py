@@ -51,7 +51,9 @@ def load_checkpoint(
     if path.is_dir():
         path = path / CHECKPOINT_FILES[which]
         if which == "best" and not path.is_file():
-            raise CheckpointError(f"no best checkpoint in {path.parent}: the run was not meta-validated (meta.validate_every)")
+            raise CheckpointError(
+                f"no best checkpoint in {path.parent}: the run was not meta-validated (meta.validate_every)"
+            )
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

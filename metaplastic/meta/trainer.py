@@ -24,8 +24,8 @@ from metaplastic.config import ExperimentConfig, config_from_dict
 from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
 from metaplastic.meta.checkpoint import CHECKPOINT_FILES, atomic_write_text, load_checkpoint, save_checkpoint
 from metaplastic.meta.experiment import Experiment
-from metaplastic.schedules import schedule_for
 from metaplastic.params import GROUPS, group_of
+from metaplastic.schedules import schedule_for
 from metaplastic.tasks import check_finite
 
 
