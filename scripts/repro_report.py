@@ -1,0 +1,179 @@
+"""Tables and figures of the reproduction study from the suites' own output files.
+
+Every number in docs/reproduction/ comes from here, read from the results.json files that
+``metaplastic suite`` wrote and the analysis.json files of ``metaplastic analyze``: none is typed
+in by hand.
+
+    python scripts/repro_report.py SUITE_DIR [SUITE_DIR ...] --out docs/reproduction
+        [--pairs "FLP-Oja:OML (corrected)" ...] [--analysis SUITE_DIR]
+
+For each suite: ``<out>/<suite>/table.md`` (every cell: mean ± 95% t-interval over seeds, with
+the per-seed values), validation MSE at fixed meta-steps, paired differences between learners
+(the same seed gives every learner the same training and test episodes), wall times, and copies
+of the suite's curves.png, validation.png and results.json. With ``--analysis``, the
+interference measures of ``metaplastic analyze`` (in ``<run>/analysis/analysis.json``) averaged
+over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from metaplastic.analysis.runner import summary as analysis_summary
+from metaplastic.evaluation.classification import mean_ci95
+
+ORDERS = ("continual", "iid")
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    if any(not math.isfinite(v) for v in values):
+        return "diverged (" + ", ".join(f"{v:.{digits}f}" for v in values) + ")"
+    mean, half = mean_ci95(values)
+    per_seed = ", ".join(f"{v:.{digits}f}" for v in values)
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f} ({per_seed})"
+
+
+def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
+    data = json.loads((suite_dir / "results.json").read_text())
+    methods = data["summary"]["methods"]
+    runs = data["runs"]
+    lines = [f"### {data['suite']}", ""]
+    lines += ["| learner | checkpoint | continual MSE | i.i.d. MSE | seeds |", "|---|---|---|---|---|"]
+    for label, entry in methods.items():
+        for which in ("last", "best", "untrained"):
+            res = entry.get(which)
+            if not res or "mse" not in next(iter(res.values())):
+                continue
+            name = {"last": "last", "best": "best by validation", "untrained": "untrained init"}[which]
+            cells = [fmt(res[o]["mse"]["per_seed"]) if o in res else "-" for o in ORDERS]
+            lines.append(f"| {label} | {name} | {cells[0]} | {cells[1]} | {len(entry['seeds'])} |")
+    for name, ref in data["summary"].get("references", {}).items():
+        cells = [f"{ref[o]['mse']:.3f} ± {ref[o]['mse_se']:.3f} (s.e., lr {ref[o]['lr']:g})" for o in ORDERS]
+        lines.append(f"| {name} | - | {cells[0]} | {cells[1]} | - |")
+    lines += ["", "Mean ± half-width of the 95% Student-t interval over seeds (per-seed values in brackets); "
+              "each per-seed value is the MSE after the whole stream, averaged over the same 100 held-out "
+              "test episodes.", ""]
+
+    # validation MSE against meta-step
+    steps_all = None
+    rows = []
+    for label, entry in methods.items():
+        curves = [c for c in entry["validation"] if c["step"]]
+        if not curves:
+            continue
+        steps = curves[0]["step"]
+        marks = [s for s in steps if s in (0, 250, 500, 1000, 1500, 2000, 2500) or s == steps[-1]]
+        marks = sorted(set(marks))
+        steps_all = steps_all or marks
+        cells = []
+        for s in steps_all:
+            vals = [c["val/mse"][c["step"].index(s)] for c in curves if s in c["step"]]
+            cells.append(fmt(vals, 2) if vals else "-")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if rows and steps_all:
+        lines += ["Validation MSE (20 fixed held-out episodes, the task's order) at meta-step:", ""]
+        lines += ["| learner | " + " | ".join(str(s) for s in steps_all) + " |",
+                  "|---|" + "---|" * len(steps_all)]
+        lines += rows + [""]
+
+    # paired differences
+    by_key = {(r["label"], r["seed"]): r for r in runs.values()}
+    if pairs:
+        lines += ["Paired differences (same seed: same training and test episodes), last checkpoint, "
+                  "negative = the first learner is better:", "",
+                  "| difference | continual MSE | i.i.d. MSE |", "|---|---|---|"]
+        for a, b in pairs:
+            if a not in methods or b not in methods:
+                continue
+            cells = []
+            for order in ORDERS:
+                diffs = []
+                for seed in methods[a]["seeds"]:
+                    ra, rb = by_key.get((a, seed)), by_key.get((b, seed))
+                    if ra and rb:
+                        diffs.append(ra["last"]["trained"][order]["mse"] - rb["last"]["trained"][order]["mse"])
+                cells.append(fmt(diffs) if diffs else "-")
+            lines.append(f"| {a} − {b} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+
+    lines += ["Meta-training wall time per run (seconds, from the runs' own per-step timings; "
+              "2 runs at a time on the 2-core machine):", ""]
+    lines += ["| learner | meta-steps | seconds per run | best validation at step |", "|---|---|---|---|"]
+    for label, entry in methods.items():
+        secs = ", ".join(f"{s:.0f}" for s in entry["train_seconds"])
+        best = ", ".join(str(s) for s in entry.get("best_steps", [])) or "-"
+        lines.append(f"| {label} | {', '.join(str(s) for s in entry['steps'])} | {secs} | {best} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+ANALYSIS_ROWS = [
+    ("alignment cos(dW, -g)", "alignment_cos"),
+    ("interference on earlier tasks, exact (mean dL_i, i<j)", "interference"),
+    ("same, SGD at matched update norm", "sgd_interference"),
+    ("interference per unit |dW|", "interference_per_norm"),
+    ("same, SGD at matched norm", "sgd_interference_per_norm"),
+    ("own-task loss change dL_j", "own_loss_change"),
+    ("interference per unit own-task decrease", "interference_per_learning"),
+    ("update overlap cos(dW_i, dW_j)", "update_overlap_cos"),
+    ("forgetting (final - just learned)", "forgetting"),
+    ("final loss, all tasks", "final_loss"),
+]
+
+
+def analysis_table(suite_dir: Path) -> str:
+    data = json.loads((suite_dir / "results.json").read_text())
+    per_label: dict[str, list[dict[str, Any]]] = {}
+    episodes = set()
+    for record in data["runs"].values():
+        path = Path(record["run_dir"]) / "analysis" / "analysis.json"
+        if path.is_file():
+            results = json.loads(path.read_text())
+            per_label.setdefault(record["label"], []).append(analysis_summary(results))
+            episodes.add(results.get("episodes"))
+    if not per_label:
+        return ""
+    labels = list(per_label)
+    lines = ["| measure | " + " | ".join(f"{lab} ({len(per_label[lab])} seeds)" for lab in labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for name, key in ANALYSIS_ROWS:
+        cells = []
+        for lab in labels:
+            vals = [s.get(key) for s in per_label[lab]]
+            cells.append(fmt([float(v) for v in vals], 4) if vals and all(v is not None for v in vals) else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± 95% t-interval over seeds (per-seed values in brackets) of `metaplastic analyze` "
+              "on each run's last checkpoint, continual held-out episodes.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("docs/reproduction"))
+    parser.add_argument("--pairs", nargs="*", default=[], help="'A:B' learner pairs for paired differences")
+    parser.add_argument("--analysis", nargs="*", type=Path, default=[], help="suites whose runs were analysed")
+    args = parser.parse_args()
+    pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    for suite_dir in args.suites:
+        target = args.out / suite_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        text = suite_tables(suite_dir, pairs)
+        if suite_dir in args.analysis:
+            text += "\n#### Interference (metaplastic analyze)\n\n" + analysis_table(suite_dir)
+        (target / "table.md").write_text(text)
+        for name in ("curves.png", "validation.png", "results.json", "table.txt"):
+            if (suite_dir / name).is_file():
+                shutil.copyfile(suite_dir / name, target / name)
+        print(f"wrote {target / 'table.md'}")
+
+
+if __name__ == "__main__":
+    main()
