@@ -6,7 +6,9 @@ the output error grows with it, the targets grow with the error, and the lifetim
 This prints, for one training episode of a checkpoint (the meta-batch the trainer would draw
 next), the largest P_ij sum_b t_i^2 per plastic layer and the largest per-task weight norm at every inner step.
 
-    python scripts/oja_stability.py RUN_DIR [--steps N]   # N: first N inner steps (default all)
+    python scripts/oja_stability.py RUN_DIR [--steps N] [--advance K]
+    # N: first N inner steps (default all); K: meta-train K more steps first (e.g. up to the
+    # meta-step at which the run diverged; the data of every meta-step is seeded by its index)
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--advance", type=int, default=0)
     args = parser.parse_args()
     trainer = load_trainer(args.run)
+    for _ in range(args.advance):
+        trainer.meta_step()
     exp, net = trainer.experiment, trainer.experiment.net
     episodes = exp.training_episodes(trainer.step)
     meta = {k: v.detach() for k, v in trainer.meta.items()}

@@ -154,12 +154,25 @@ def analysis_table(suite_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def fill_page(page: Path, suite: str, text: str) -> None:
+    """Replace the page's block for ``suite`` (between its markers) with ``text``."""
+    begin, end = f"<!-- table:{suite} -->", "<!-- end -->"
+    content = page.read_text()
+    if begin not in content:
+        return
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    page.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction"))
     parser.add_argument("--pairs", nargs="*", default=[], help="'A:B' learner pairs for paired differences")
     parser.add_argument("--analysis", nargs="*", type=Path, default=[], help="suites whose runs were analysed")
+    parser.add_argument("--page", type=Path, help="a markdown page whose <!-- table:SUITE --> ... <!-- end --> "
+                        "blocks are replaced by the generated tables")
     args = parser.parse_args()
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
     for suite_dir in args.suites:
@@ -169,6 +182,8 @@ def main() -> None:
         if suite_dir in args.analysis:
             text += "\n#### Interference (metaplastic analyze)\n\n" + analysis_table(suite_dir)
         (target / "table.md").write_text(text)
+        if args.page is not None:
+            fill_page(args.page, suite_dir.name, text)
         for name in ("curves.png", "validation.png", "results.json", "table.txt"):
             if (suite_dir / name).is_file():
                 shutil.copyfile(suite_dir / name, target / name)
