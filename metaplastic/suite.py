@@ -114,6 +114,13 @@ def plan_runs(path: Path, suite: SuiteConfig, overrides: list[str], out: Path, o
             spec = RunSpec(label, seed, str(path.parent / config_path), tuple(extra))
             load_config(spec.config_path, list(spec.overrides))
             specs.append(spec)
+    folders: dict[str, str] = {}
+    for spec in specs:
+        folder = spec.overrides[-1]
+        if folder in folders:
+            raise ConfigError(f"suite runs '{folders[folder]}' and '{spec.key}' would share one folder ({folder[8:]}): "
+                              "rename one")
+        folders[folder] = spec.key
     return specs
 
 

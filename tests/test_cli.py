@@ -99,6 +99,9 @@ def test_suite_over_seeds_in_parallel_equals_sequential(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "validation.png").stat().st_size > 1000
     assert (tmp_path / "a" / "flp" / "seed1" / "best.pt").is_file()
     assert main(["suite", str(suite), "--out", str(tmp_path / "c"), "--no-progress", "--only", "OML"]) == 2
+    clash = write(tmp_path / "clash.yaml", {"name": "s", "runs": {"A/B": "flp.yaml", "a_b": "flp.yaml"}})
+    assert main(["suite", str(clash), "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize(

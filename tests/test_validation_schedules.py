@@ -228,3 +228,13 @@ def test_validation_split_is_disjoint_from_train_and_test():
     assert train_ids | val_ids == set(torch.cat(plain.pool("train").members).tolist())
     with pytest.raises(ConfigError, match="validation_fraction"):
         plain.pool("validation")
+
+
+def test_resume_survives_a_non_object_metrics_line(tmp_path):
+    cfg = run(tmp_path, "m", steps=2, validate_every=1)
+    train(cfg, progress=False)
+    with (cfg.run_dir / "metrics.jsonl").open("a") as f:
+        f.write("[1, 2]\n\x00\xff garbage\n")
+    resumed = train(run(tmp_path, "m", steps=3, validate_every=1), resume=True, progress=False)
+    assert resumed.step == 3
+    assert [s for s, _ in validation_records(cfg.run_dir)] == [0, 1, 2, 3]

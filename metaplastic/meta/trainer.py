@@ -182,19 +182,22 @@ EXACT_UNROLL_MODES = {"full", "checkpoint"}  # the same meta-gradients: switchin
 
 
 def _is_validation_record(line: str) -> bool:
-    return any(k.startswith("val/") for k in json.loads(line))
+    return any(k.startswith("val/") for k in json.loads(line))  # lines kept by _read_metrics are objects
 
 
 def _read_metrics(path: Path, upto: int) -> list[str]:
     if not path.exists():
         return []
     lines = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= upto:
-                lines.append(line)
+            row = json.loads(line)
         except json.JSONDecodeError:
             break  # a line cut by a kill: drop it and everything after
+        if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
+            break
+        if row.get("step", 0) <= upto:
+            lines.append(line)
     return lines
 
 
