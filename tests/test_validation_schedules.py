@@ -238,3 +238,27 @@ def test_resume_survives_a_non_object_metrics_line(tmp_path):
     resumed = train(run(tmp_path, "m", steps=3, validate_every=1), resume=True, progress=False)
     assert resumed.step == 3
     assert [s for s, _ in validation_records(cfg.run_dir)] == [0, 1, 2, 3]
+
+
+def test_classification_is_validated_on_its_validation_split(tmp_path):
+    cfg = config_from_dict({
+        "name": "cls", "seed": 1, "dtype": "float64", "out_dir": str(tmp_path / "cls"),
+        "task": {"name": "classification", "source": "digits", "n_classes": 3, "shots": 2, "query_per_class": 2,
+                 "n_outputs": 10, "validation_fraction": 0.2},
+        "network": {"hidden": [6], "activation": "tanh"},
+        "rule": {"name": "sgd", "lr_init": 0.1},
+        "meta": {"steps": 2, "meta_batch": 2, "validate_every": 1, "validate_episodes": 3, "lr": {"init": 1e-2}},
+        "eval": {"classes": [2, 3], "batch": 3},
+    })
+    trainer = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/accuracy" in r]
+    assert [r["step"] for r in val] == [0, 1, 2]
+    for r in val:
+        assert r["val/accuracy"] == pytest.approx((r["val/accuracy@2"] + r["val/accuracy@3"]) / 2)
+    best = max(val, key=lambda r: r["val/accuracy"])  # accuracy: higher is better
+    assert trainer.best["value"] == best["val/accuracy"]
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        train(cfg.replace(out_dir=str(tmp_path / "no_split"),
+                          task={**cfg.task, "validation_fraction": 0.0}), progress=False)
+    assert not (tmp_path / "no_split").exists()  # refused before anything was written

@@ -31,6 +31,12 @@ def _is_classification(experiment: Experiment) -> bool:
     return getattr(experiment.task, "name", None) == "classification"
 
 
+def check_can_validate(experiment: Experiment) -> None:
+    """Raise the ConfigError validation would raise, before a run writes anything."""
+    if _is_classification(experiment):
+        experiment.task.pool("validation")
+
+
 @torch.no_grad()
 def validate(experiment: Experiment, meta: dict[str, Tensor]) -> dict[str, float]:
     """{"val/mse": ...} or {"val/accuracy": mean, "val/accuracy@N": ...} for ``meta``."""

@@ -237,6 +237,10 @@ def train(
     # Load the data (the first meta-batch) before writing anything: a wrong data path must not
     # leave a run folder with a step-0 checkpoint behind that blocks the corrected run.
     trainer.experiment.training_episodes(trainer.step)
+    if config.meta.validate_every:
+        from metaplastic.evaluation.validation import check_can_validate
+
+        check_can_validate(trainer.experiment)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     metrics_path = run_dir / "metrics.jsonl"
