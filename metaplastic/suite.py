@@ -164,10 +164,15 @@ def run_one(spec: RunSpec, references: bool, progress: bool, threads: int | None
 
 
 def _strip_labels(results: dict[str, Any]) -> dict[str, Any]:
-    """{"trained": ..., "untrained": ...} from the evaluators' labelled rows."""
-    out = {}
+    """{"trained", "untrained"?, "references"?: {name: ...}} from the evaluators' labelled rows."""
+    out: dict[str, Any] = {}
     for name, res in results.items():
-        out["untrained" if name.endswith("untrained init") else "trained"] = res
+        if " meta-trained (" in name:
+            out["trained"] = res
+        elif name.endswith("untrained init"):
+            out["untrained"] = res
+        else:
+            out.setdefault("references", {})[name] = res
     return out
 
 

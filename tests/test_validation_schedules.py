@@ -262,3 +262,34 @@ def test_classification_is_validated_on_its_validation_split(tmp_path):
         train(cfg.replace(out_dir=str(tmp_path / "no_split"),
                           task={**cfg.task, "validation_fraction": 0.0}), progress=False)
     assert not (tmp_path / "no_split").exists()  # refused before anything was written
+
+
+# ---- nearest-neighbour references ------------------------------------------------------------
+def test_nearest_neighbour_and_prototype_rules_by_hand():
+    from metaplastic.evaluation.nearest import _accuracies
+
+    support = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [4.0, 0.0], [10.0, 0.0]]])
+    support_y = F.one_hot(torch.tensor([[0, 0, 1, 1]]), 3).float()  # class 1's mean is (7, 0)
+    query = torch.tensor([[[3.0, 0.0], [5.0, 0.0]]])
+    query_y = F.one_hot(torch.tensor([[1, 1]]), 3).float()
+    nn, proto = _accuracies(support, support_y, query, query_y)
+    # 1-NN: (3,0) is nearest to (4,0) -> 1, (5,0) -> 1; prototypes (0,.5) and (7,0): (3,0) -> 0, (5,0) -> 1
+    assert nn.tolist() == [1.0] and proto.tolist() == [0.5]
+
+
+def test_classification_suite_reports_references_once(tmp_path):
+    import yaml
+
+    cfg = {"name": "cls", "seed": 1, "dtype": "float64",
+           "task": {"name": "classification", "source": "digits", "n_classes": 3, "shots": 2, "query_per_class": 2,
+                    "n_outputs": 10},
+           "network": {"hidden": [6], "activation": "tanh"}, "rule": {"name": "sgd", "lr_init": 0.1},
+           "meta": {"steps": 1, "lr": {"init": 1e-2}}, "eval": {"classes": [2, 5], "batch": 4, "episodes": 8}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "s", "runs": {"A": "a.yaml", "B": "a.yaml"}}))
+    assert main(["suite", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    table = (tmp_path / "out" / "table.txt").read_text()
+    assert table.count("1-NN on pixels") == 1 and table.count("prototypes on pixels") == 1
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    nn = data["summary"]["methods"]["A"]["references"]["1-NN on pixels"]["continual"]["accuracy"]
+    assert nn[0]["mean"] > 0.6 and nn[1]["mean"] > 0.4  # digits pixels: far above chance (0.5, 0.2)

@@ -74,6 +74,9 @@ def aggregate_runs(records: dict[str, dict[str, Any]], references: dict[str, Any
             entry["best_steps"] = [r["best"]["validation"]["step"] for r in recs]
         if all("untrained" in r["last"] for r in recs):
             entry["untrained"] = _summarise([r["last"]["untrained"] for r in recs])
+        for name in recs[0]["last"].get("references", {}):
+            if all(name in r["last"].get("references", {}) for r in recs):
+                entry.setdefault("references", {})[name] = _summarise([r["last"]["references"][name] for r in recs])
         entry["validation"] = [r["validation_curve"] for r in recs]
         methods[label] = entry
     return {"methods": methods, "references": references}
@@ -91,13 +94,19 @@ def format_summary(summary: dict[str, Any]) -> str:
     """One row per method and checkpoint: mean ± 95% CI over seeds (n seeds in the last column)."""
     rows: list[tuple[str, list[str], str]] = []
     header: list[str] = []
+    shown: set[str] = set()  # references on raw inputs are the same for every method: one row
     for label, entry in summary["methods"].items():
-        for which in ("last", "best", "untrained"):
-            res = entry.get(which)
+        variants = [(f"{label} (last)", entry.get("last")), (f"{label} (best by validation)", entry.get("best")),
+                    (f"{label} untrained init", entry.get("untrained"))]
+        for name, res in entry.get("references", {}).items():
+            if "features" in name:
+                variants.append((f"{name} ({label}'s features)", res))
+            elif name not in shown:
+                shown.add(name)
+                variants.append((name, res))
+        for name, res in variants:
             if not res:
                 continue
-            name = {"last": f"{label} (last)", "best": f"{label} (best by validation)",
-                    "untrained": f"{label} untrained init"}[which]
             cells = []
             if any("accuracy" in res[o] for o in res):
                 for order in ORDERS:

@@ -44,6 +44,9 @@ def evaluate_trained_classification(trainer: MetaTrainer, untrained: bool = True
     results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_classification(exp, trainer.meta)}
     if untrained:
         results[f"{label} untrained init"] = evaluate_classification(exp, trainer.initial_meta)
+        from metaplastic.evaluation.nearest import nearest_references
+
+        results.update(nearest_references(exp, trainer.meta))
     return results
 
 
