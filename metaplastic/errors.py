@@ -23,7 +23,11 @@ class DataError(MetaplasticError):
 
 
 class DivergenceError(MetaplasticError):
-    """The inner loop produced NaN or inf."""
+    """The inner loop produced NaN or inf (``step``: the meta-step, when known)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 class CheckpointError(MetaplasticError):

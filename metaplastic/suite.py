@@ -28,7 +28,7 @@ import yaml
 
 from metaplastic.config import load_config
 from metaplastic.config_utils import build_dataclass
-from metaplastic.errors import ConfigError, MetaplasticError
+from metaplastic.errors import ConfigError, DivergenceError, MetaplasticError
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,14 @@ def run_one(spec: RunSpec, references: bool, progress: bool, threads: int | None
     if done is not None:
         return done
     start = time.perf_counter()
-    trainer = train(cfg, resume=True, progress=progress)
+    diverged: dict[str, Any] | None = None
+    try:
+        trainer = train(cfg, resume=True, progress=progress)
+    except DivergenceError as e:
+        # A study reports a diverged run instead of stopping: its last checkpoint (before the
+        # divergence) and best checkpoint are evaluated, and re-running does not retry it.
+        diverged = {"step": e.step, "message": str(e)}
+        trainer = load_trainer(cfg.run_dir)
     seconds = time.perf_counter() - start
     evaluate = evaluate_trained_classification if is_classification(trainer.experiment) else evaluate_trained
     record: dict[str, Any] = {
@@ -152,6 +159,7 @@ def run_one(spec: RunSpec, references: bool, progress: bool, threads: int | None
         "step": trainer.step,
         "train_seconds_this_session": seconds,
         "config": cfg.to_dict(),
+        "diverged": diverged,
         "last": _strip_labels(evaluate(trainer, untrained=references)),
     }
     if trainer.best is not None and (cfg.run_dir / CHECKPOINT_FILES["best"]).is_file():
@@ -212,7 +220,8 @@ def _finished_record(path: Path, config: dict[str, Any]) -> dict[str, Any] | Non
         return None
     if not isinstance(record, dict) or record.get("config") != config:
         return None
-    return record if record.get("step") == config["meta"]["steps"] else None
+    finished = record.get("step") == config["meta"]["steps"] or record.get("diverged") is not None
+    return record if finished else None
 
 
 def run_suite(
@@ -263,5 +272,7 @@ def run_suite(
 
 def _log_run(log, record: dict[str, Any]) -> None:
     seed = "" if record["seed"] is None else f" seed {record['seed']}"
-    log(f"{record['label']}{seed}: {record['step']} meta-steps ({record['train_seconds_total']:.0f} s of training) "
-        f"-> {record['run_dir']}")
+    diverged = record.get("diverged")
+    note = f", diverged at meta-step {diverged['step']} (evaluated at its last checkpoint)" if diverged else ""
+    log(f"{record['label']}{seed}: {record['step']} meta-steps ({record['train_seconds_total']:.0f} s of training"
+        f"{note}) -> {record['run_dir']}")

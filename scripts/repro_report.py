@@ -61,6 +61,20 @@ def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
               "each per-seed value is the MSE after the whole stream, averaged over the same 100 held-out "
               "test episodes.", ""]
 
+    # forgetting profile: test MSE on each function after the whole continual stream
+    profile = [(label, entry["last"]["continual"]["per_function_mse"]) for label, entry in methods.items()
+               if "continual" in entry["last"] and "per_function_mse" in entry["last"]["continual"]]
+    if profile:
+        n_fn = len(profile[0][1])
+        picks = sorted({0, 1, n_fn // 2, n_fn - 2, n_fn - 1})
+        lines += ["Forgetting profile, continual order, last checkpoint: test MSE on function k (in the order "
+                  "learned) after all functions:", "",
+                  "| learner | " + " | ".join(f"function {k + 1}" for k in picks) + " |",
+                  "|---|" + "---|" * len(picks)]
+        for label, cells in profile:
+            lines.append(f"| {label} | " + " | ".join(fmt(cells[k]["per_seed"], 2) for k in picks) + " |")
+        lines.append("")
+
     # validation MSE against meta-step
     steps_all = None
     rows = []
@@ -105,11 +119,13 @@ def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
 
     lines += ["Meta-training wall time per run (seconds, from the runs' own per-step timings; "
               "2 runs at a time on the 2-core machine):", ""]
-    lines += ["| learner | meta-steps | seconds per run | best validation at step |", "|---|---|---|---|"]
+    lines += ["| learner | meta-steps (evaluated checkpoint) | diverged at meta-step | seconds per run | "
+              "best validation at step |", "|---|---|---|---|---|"]
     for label, entry in methods.items():
         secs = ", ".join(f"{s:.0f}" for s in entry["train_seconds"])
         best = ", ".join(str(s) for s in entry.get("best_steps", [])) or "-"
-        lines.append(f"| {label} | {', '.join(str(s) for s in entry['steps'])} | {secs} | {best} |")
+        div = ", ".join("-" if s is None else str(s) for s in entry.get("diverged_at", [])) or "-"
+        lines.append(f"| {label} | {', '.join(str(s) for s in entry['steps'])} | {div} | {secs} | {best} |")
     lines.append("")
     return "\n".join(lines)
 

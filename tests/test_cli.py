@@ -178,3 +178,20 @@ def test_sigkilled_run_resumes_to_the_same_numbers(tmp_path: Path) -> None:
         assert torch.equal(a["meta"][key], b["meta"][key]), key
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 401))
+
+
+def test_suite_reports_a_diverged_run_instead_of_stopping(tmp_path: Path) -> None:
+    write(tmp_path / "ok.yaml", TINY)
+    write(tmp_path / "bad.yaml", {**TINY, "rule": {"name": "flp", "coef_init": 50.0}})
+    suite = write(tmp_path / "suite.yaml", {"name": "s", "runs": {"bad": "bad.yaml", "ok": "ok.yaml"},
+                                            "references": False})
+    out = tmp_path / "out"
+    assert main(["suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+    bad = json.loads((out / "bad" / "results.json").read_text())
+    assert bad["diverged"]["step"] == 0 and bad["step"] == 0
+    assert json.loads((out / "ok" / "results.json").read_text())["diverged"] is None
+    table = (out / "table.txt").read_text()
+    assert "diverged at meta-step 0" in table and "ok (last)" in table
+    before = (out / "bad" / "results.json").stat().st_mtime_ns
+    assert main(["suite", str(suite), "--out", str(out), "--no-progress"]) == 0  # not retried
+    assert (out / "bad" / "results.json").stat().st_mtime_ns == before

@@ -67,6 +67,7 @@ def aggregate_runs(records: dict[str, dict[str, Any]], references: dict[str, Any
             "seeds": [r["seed"] for r in recs],
             "steps": [r["step"] for r in recs],
             "train_seconds": [r["train_seconds_total"] for r in recs],
+            "diverged_at": [(r.get("diverged") or {}).get("step") for r in recs],
             "last": _summarise([r["last"]["trained"] for r in recs]),
         }
         if all("best" in r for r in recs):
@@ -118,6 +119,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                 header = [f"{o} MSE" for o in ORDERS]
                 cells = [_fmt(res[o]["mse"]) if o in res else "-" for o in ORDERS]
             rows.append((name, cells, str(len(entry["seeds"]))))
+        if any(s is not None for s in entry.get("diverged_at", [])):
+            at = ", ".join("-" if s is None else str(s) for s in entry["diverged_at"])
+            steps = ", ".join(str(s) for s in entry["steps"])
+            rows.append((f"  ({label}: diverged at meta-step {at}; evaluated at {steps})", [""] * len(header), ""))
     for name, ref in summary.get("references", {}).items():
         lr = "/".join(f"{ref[o]['lr']:g}" for o in ORDERS if o in ref)
         rows.append((f"{name} (lr {lr})", [f"{ref[o]['mse']:.3f} ± {ref[o]['mse_se']:.3f} (se)" for o in ORDERS], "-"))

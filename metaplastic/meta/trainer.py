@@ -88,7 +88,8 @@ class MetaTrainer:
         if not math.isfinite(value):
             raise DivergenceError(
                 f"inner loop diverged at meta-step {self.step}: meta-loss is {value}; "
-                "lower meta.lr (coef, beta) or rule.coef_init, or set meta.grad_clip"
+                "lower meta.lr (coef, beta) or rule.coef_init, or set meta.grad_clip",
+                self.step,
             )
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
@@ -103,7 +104,8 @@ class MetaTrainer:
             metrics["grad_norm/total"] = total
             if not math.isfinite(total):
                 raise DivergenceError(
-                    f"meta-gradient is not finite at meta-step {self.step}; lower meta.lr or set meta.grad_clip"
+                    f"meta-gradient is not finite at meta-step {self.step}; lower meta.lr or set meta.grad_clip",
+                    self.step,
                 )
             clip = self.config.meta.grad_clip
             if clip is not None and total > clip:
@@ -282,7 +284,7 @@ def train(
                 try:
                     metrics = trainer.meta_step()
                 except DivergenceError as e:
-                    raise DivergenceError(f"{e} (last checkpoint intact: {ckpt})") from None
+                    raise DivergenceError(f"{e} (last checkpoint intact: {ckpt})", e.step) from None
                 validated = bool(every) and (trainer.step % every == 0 or trainer.step == meta_cfg.steps)
                 if validated:
                     validate_into(metrics)
