@@ -6,7 +6,7 @@ the output error grows with it, the targets grow with the error, and the lifetim
 This prints, for one training episode of a checkpoint (the meta-batch the trainer would draw
 next), the largest P_ij sum_b t_i^2 per plastic layer and the largest per-task weight norm at every inner step.
 
-    python scripts/oja_stability.py RUN_DIR [--steps N] [--advance K]
+    python scripts/oja_stability.py RUN_DIR [--steps N] [--advance K] [--threads T]
     # N: first N inner steps (default all); K: meta-train K more steps first (e.g. up to the
     # meta-step at which the run diverged; the data of every meta-step is seeded by its index)
 """
@@ -26,7 +26,10 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--advance", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads: those of the run, to replay it bitwise")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     trainer = load_trainer(args.run)
     for _ in range(args.advance):
         trainer.meta_step()

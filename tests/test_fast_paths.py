@@ -99,7 +99,8 @@ def ref_meta_loss(exp: Experiment, rule: dict, meta: dict) -> torch.Tensor:
     oja = rule.get("form", "oja") == "oja"
     fb_act = ACT[rule.get("feedback_activation", "relu")]
     depth = len(rule.get("feedback_hidden", ())) + 1
-    uses_signal_as_target = rule.get("output_target", "feedback") == "signal"
+    uses_signal_as_target = rule.get("output_target", "feedback") != "feedback"
+    bounded = rule.get("output_target") == "bounded_signal"
     weights = {l: (meta[f"init.layers.{l}.weight"], meta[f"init.layers.{l}.bias"]) for l in range(len(net.layers))}
     for step in range(ep.x.shape[1]):
         x, y = ep.x[:, step], ep.y[:, step]
@@ -109,7 +110,7 @@ def ref_meta_loss(exp: Experiment, rule: dict, meta: dict) -> torch.Tensor:
         for l in net.plastic_layers:
             w, b = weights[l]
             if l == last and uses_signal_as_target:
-                t = signal
+                t = torch.tanh(signal) if bounded else signal
             else:
                 f = signal
                 for k in range(depth):
@@ -208,6 +209,8 @@ def test_frozen_layers(plastic, tasks):
         {"feedback_hidden": [3, 2], "scope": "neuron", "plastic_bias": True},
         {"signal": "target"},
         {"output_target": "signal"},
+        {"output_target": "bounded_signal"},
+        {"output_target": "bounded_signal", "feedback_hidden": [3], "plastic_bias": True},
         {"signal": "target", "output_target": "signal", "form": "hebb"},
         {"beta_sigmoid": True, "beta_init": 0.3, "coef_nonneg": True, "coef_init": 0.1},
         {"hidden_multiplier": 3.0, "scope": "layer", "plastic_bias": True},

@@ -41,6 +41,12 @@ RULES = {
         [1, 2],
     ),
     "oml_sgd_global": ({"name": "sgd", "lr_init": 0.05, "lr_scope": "global"}, None),
+    # the reproduction study's FLP: bounded coefficients and feedback, the output from tanh(error)
+    "flp_bounded": (
+        {"name": "flp", "form": "oja", "coef_max": 0.2, "coef_init": 0.05, "feedback_activation": "tanh",
+         "output_target": "bounded_signal", "beta_init": 0.9},
+        None,
+    ),
 }
 GROUPS = {"flp": ["init", "feedback", "coef", "beta"], "sgd": ["init", "lr"]}
 
@@ -117,7 +123,7 @@ def test_meta_gradient_matches_finite_differences(rule_key, order, activation):
     check_directional_derivatives(exp, meta, episodes, GROUPS[exp.rule.name], eps)
 
 
-@pytest.mark.parametrize("rule_key", ["flp_rich", "oml_sgd_global"])
+@pytest.mark.parametrize("rule_key", ["flp_rich", "oml_sgd_global", "flp_bounded"])
 def test_meta_gradient_constrained_and_global_variants(rule_key):
     exp, meta, episodes = build(rule_key, "continual", "tanh")
     check_directional_derivatives(exp, meta, episodes, GROUPS[exp.rule.name], 1e-6)

@@ -10,7 +10,10 @@ For every plastic layer l, from one forward pass on the minibatch:
     Oja:  dW_l = m_l P_l * (t_l^T h_{l-1} - diag(sum_b t_l^2) W_l)
 
 summed over the batch; m_l is the hidden-layer multiplier (1 for the output layer). With
-``output_target: signal`` the output layer uses t = s directly (classification in the paper).
+``output_target: signal`` the output layer uses t = s directly (classification in the paper);
+``bounded_signal`` uses t = tanh(s), which keeps Oja's decay P sum_b t^2 below P * batch: with the
+raw error an output layer's explicit Oja step leaves its stable region (P sum_b e^2 > 2) once the
+errors are large, and the lifetime overflows (docs/reproduction.md).
 Plastic biases are synapses from a constant input of 1.
 """
 
@@ -67,8 +70,10 @@ class FLPRule:
             raise ConfigError(f"rule.form must be 'oja' or 'hebb', got '{self.form}'")
         if self.signal not in ("error", "target"):
             raise ConfigError(f"rule.signal must be 'error' or 'target', got '{self.signal}'")
-        if self.output_target not in ("feedback", "signal"):
-            raise ConfigError(f"rule.output_target must be 'feedback' or 'signal', got '{self.output_target}'")
+        if self.output_target not in ("feedback", "signal", "bounded_signal"):
+            raise ConfigError(
+                f"rule.output_target must be 'feedback', 'signal' or 'bounded_signal', got '{self.output_target}'"
+            )
         check_scope(self.scope)
         get_activation(self.feedback_activation)
         if self.beta_sigmoid and not 0.0 < self.beta_init < 1.0:
@@ -89,7 +94,17 @@ class FLPRule:
 
     # ---- meta-parameters -------------------------------------------------------------
     def _uses_feedback(self, net: MLP, layer: int) -> bool:
-        return not (layer == len(net.layers) - 1 and self.output_target == "signal")
+        return not (layer == len(net.layers) - 1 and self.output_target != "feedback")
+
+    def direct_target(self, signal: Tensor) -> Tensor:
+        """The output layer's target when it learns from the signal itself: s or tanh(s)."""
+        return torch.tanh(signal) if self.output_target == "bounded_signal" else signal
+
+    def direct_target_vjp(self, signal: Tensor, grad: Tensor) -> Tensor:
+        """grad^T d(direct_target)/ds."""
+        if self.output_target == "bounded_signal":
+            return grad * (1.0 - torch.tanh(signal) ** 2)
+        return grad
 
     def init(self, net: MLP, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
         n_signal = net.out_features
@@ -147,7 +162,7 @@ class FLPRule:
         self, net: MLP, prepared: dict[str, Tensor], layer: int, trace: Trace, signal: Tensor
     ) -> Tensor:
         if not self._uses_feedback(net, layer):
-            return signal
+            return self.direct_target(signal)
         beta = prepared[f"beta.{layer}"]
         return beta * self.feedback(prepared, layer, signal) + (1.0 - beta) * trace.post[layer]
 
@@ -255,7 +270,7 @@ class _BoundFLP:
         self.last = (signal, z, f, h)
         out = {l: t[..., a:b] for l, (a, b) in zip(self.fed, self.bounds)}
         for l in self.direct:
-            out[l] = signal
+            out[l] = self.rule.direct_target(signal)
         return out
 
     def backward(self, trace: Trace, target: Tensor, grad_targets: dict[int, Tensor]) -> dict[int, Tensor]:
@@ -276,7 +291,7 @@ class _BoundFLP:
         if self.through_signal:
             g_signal = torch.matmul(g_z, self.weight)
             for l in self.direct:
-                g_signal = g_signal + grad_targets[l]
+                g_signal = g_signal + self.rule.direct_target_vjp(signal, grad_targets[l])
             out = len(self.net.layers) - 1
             g_out = self.loss.error_signal_vjp(trace.output, g_signal)
             grad_post[out] = grad_post[out] + g_out if out in grad_post else g_out
@@ -289,7 +304,8 @@ class _BoundFLP:
         grad_post: dict[int, Tensor] = {}
         grad_signal: Tensor | None = None
         for l in self.direct:
-            grad_signal = grad_targets[l] if grad_signal is None else grad_signal + grad_targets[l]
+            g_direct = self.rule.direct_target_vjp(signal, grad_targets[l])
+            grad_signal = g_direct if grad_signal is None else grad_signal + g_direct
         for l in self.fed:
             grad_t = grad_targets[l]
             beta = prepared[f"beta.{l}"]
