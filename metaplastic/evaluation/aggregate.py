@@ -23,12 +23,16 @@ def _is_classification(result: dict[str, Any]) -> bool:
     return "accuracy" in next(iter(result.values()))
 
 
-def _cell(values: list[float]) -> dict[str, Any]:
+def _cell(values: list[float], se: list[float] | None = None) -> dict[str, Any]:
+    """Mean and 95% t-interval over seeds; one seed keeps its standard error over episodes."""
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) < len(values):
         return {"per_seed": values, "mean": float("nan"), "ci95": float("nan"), "n": len(values), "diverged": True}
     mean, half = mean_ci95(values)
-    return {"per_seed": values, "mean": mean, "ci95": half, "n": len(values)}
+    cell = {"per_seed": values, "mean": mean, "ci95": half, "n": len(values)}
+    if se is not None and len(values) == 1:
+        cell["se_episodes"] = se[0]
+    return cell
 
 
 def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -48,7 +52,7 @@ def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             n_points = len(rows[0]["curve"])
             out[order] = {
-                "mse": _cell([r["mse"] for r in rows]),
+                "mse": _cell([r["mse"] for r in rows], [r["mse_se"] for r in rows]),
                 "curve": [_cell([r["curve"][k] for r in rows]) for k in range(n_points)],
                 "per_function_mse": [_cell([r["per_function_mse"][f] for r in rows])
                                      for f in range(len(rows[0]["per_function_mse"]))],
@@ -87,6 +91,8 @@ def _fmt(cell: dict[str, Any], digits: int = 3) -> str:
     if cell.get("diverged"):
         return "diverged"
     if cell["n"] < 2 or not math.isfinite(cell["ci95"]):
+        if "se_episodes" in cell:
+            return f"{cell['mean']:.{digits}f} ± {cell['se_episodes']:.{digits}f} (se)"
         return f"{cell['mean']:.{digits}f}"
     return f"{cell['mean']:.{digits}f} ± {cell['ci95']:.{digits}f}"
 
@@ -133,7 +139,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, cells, n in rows:
         out.append(f"{name:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols)) + f"  {n:>5}")
     out.append(
-        "(mean ± half-width of the 95% Student-t interval over seeds; references: ± standard error over episodes)"
+        "(several seeds: mean ± half-width of the 95% Student-t interval over seeds; one seed and the references: "
+        "± standard error over episodes (se))"
     )
     return "\n".join(out)
 
