@@ -166,7 +166,7 @@ def run_one(spec: RunSpec, references: bool, progress: bool, threads: int | None
         best = load_trainer(cfg.run_dir, which="best")
         record["best"] = {**_strip_labels(evaluate(best, untrained=False)), "validation": trainer.best}
     record["validation_curve"] = validation_curve(cfg.run_dir / "metrics.jsonl")
-    record["train_seconds_total"] = sum(r.get("seconds", 0.0) for r in _metrics(cfg.run_dir / "metrics.jsonl"))
+    record["train_seconds_total"] = estimated_train_seconds(cfg.run_dir / "metrics.jsonl", trainer.step)
     write_json(results_path, record)
     return record
 
@@ -196,6 +196,13 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def estimated_train_seconds(path: Path, steps: int) -> float:
+    """Meta-training seconds of a run over all its sessions: the mean of the logged per-step
+    times (every ``meta.log_every`` steps) times the number of steps."""
+    times = [r["seconds"] for r in _metrics(path) if isinstance(r.get("seconds"), (int, float))]
+    return sum(times) / len(times) * steps if times else 0.0
 
 
 def validation_curve(path: Path) -> dict[str, list[float]]:
