@@ -281,5 +281,6 @@ def _log_run(log, record: dict[str, Any]) -> None:
     seed = "" if record["seed"] is None else f" seed {record['seed']}"
     diverged = record.get("diverged")
     note = f", diverged at meta-step {diverged['step']} (evaluated at its last checkpoint)" if diverged else ""
-    log(f"{record['label']}{seed}: {record['step']} meta-steps ({record['train_seconds_total']:.0f} s of training"
+    seconds = estimated_train_seconds(Path(record["run_dir"]) / "metrics.jsonl", record["step"])
+    log(f"{record['label']}{seed}: {record['step']} meta-steps ({seconds:.0f} s of training"
         f"{note}) -> {record['run_dir']}")

@@ -60,6 +60,14 @@ def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _train_seconds(record: dict[str, Any]) -> float:
+    """Meta-training seconds of a run, from its metrics file when it is there."""
+    from metaplastic.suite import estimated_train_seconds
+
+    path = Path(record["run_dir"]) / "metrics.jsonl"
+    return estimated_train_seconds(path, record["step"]) if path.is_file() else record["train_seconds_total"]
+
+
 def aggregate_runs(records: dict[str, dict[str, Any]], references: dict[str, Any]) -> dict[str, Any]:
     """{"methods": {label: {"last", "best"?, "untrained"?, "validation", "seeds"}}, "references"}."""
     by_label: dict[str, list[dict[str, Any]]] = {}
@@ -70,7 +78,7 @@ def aggregate_runs(records: dict[str, dict[str, Any]], references: dict[str, Any
         entry: dict[str, Any] = {
             "seeds": [r["seed"] for r in recs],
             "steps": [r["step"] for r in recs],
-            "train_seconds": [r["train_seconds_total"] for r in recs],
+            "train_seconds": [_train_seconds(r) for r in recs],
             "diverged_at": [(r.get("diverged") or {}).get("step") for r in recs],
             "last": _summarise([r["last"]["trained"] for r in recs]),
         }
