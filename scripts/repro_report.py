@@ -31,13 +31,14 @@ from metaplastic.suite import estimated_train_seconds
 ORDERS = ("continual", "iid")
 
 
-def fmt(values: list[float], digits: int = 3) -> str:
+def fmt(values: list[float], digits: int = 3, se: float | None = None) -> str:
+    """Mean ± 95% t-interval (per-seed values); one seed: its value ± its s.e. over episodes."""
     if any(not math.isfinite(v) for v in values):
         return "diverged (" + ", ".join(f"{v:.{digits}f}" for v in values) + ")"
     mean, half = mean_ci95(values)
     per_seed = ", ".join(f"{v:.{digits}f}" for v in values)
     if len(values) < 2:
-        return f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f}" + (f" ± {se:.{digits}f} (s.e.)" if se is not None else "")
     return f"{mean:.{digits}f} ± {half:.{digits}f} ({per_seed})"
 
 
@@ -53,14 +54,15 @@ def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
             if not res or "mse" not in next(iter(res.values())):
                 continue
             name = {"last": "last", "best": "best by validation", "untrained": "untrained init"}[which]
-            cells = [fmt(res[o]["mse"]["per_seed"]) if o in res else "-" for o in ORDERS]
+            cells = [fmt(res[o]["mse"]["per_seed"], se=res[o]["mse"].get("se_episodes")) if o in res else "-"
+                     for o in ORDERS]
             lines.append(f"| {label} | {name} | {cells[0]} | {cells[1]} | {len(entry['seeds'])} |")
     for name, ref in data["summary"].get("references", {}).items():
         cells = [f"{ref[o]['mse']:.3f} ± {ref[o]['mse_se']:.3f} (s.e., lr {ref[o]['lr']:g})" for o in ORDERS]
         lines.append(f"| {name} | - | {cells[0]} | {cells[1]} | - |")
     lines += ["", "Mean ± half-width of the 95% Student-t interval over seeds (per-seed values in brackets); "
               "each per-seed value is the MSE after the whole stream, averaged over the same 100 held-out "
-              "test episodes.", ""]
+              "test episodes. A one-seed cell gives its standard error over those episodes (s.e.).", ""]
 
     # forgetting profile: test MSE on each function after the whole continual stream
     profile = [(label, entry["last"]["continual"]["per_function_mse"]) for label, entry in methods.items()
