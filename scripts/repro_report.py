@@ -85,9 +85,8 @@ def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
         curves = [c for c in entry["validation"] if c["step"]]
         if not curves:
             continue
-        steps = curves[0]["step"]
-        marks = [s for s in steps if s in (0, 250, 500, 1000, 1500, 2000, 2500) or s == steps[-1]]
-        marks = sorted(set(marks))
+        longest = max((c["step"] for entry_ in methods.values() for c in entry_["validation"]), key=len)
+        marks = sorted({s for s in longest if s in (0, 250, 500, 1000, 1500, 2000, 2500)} | {longest[-1]})
         steps_all = steps_all or marks
         cells = []
         for s in steps_all:
