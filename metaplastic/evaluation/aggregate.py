@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metaplastic.evaluation.classification import mean_ci95
-from metaplastic.evaluation.report import write_json
+from metaplastic.evaluation.report import save_figure, write_json
 
 ORDERS = ("continual", "iid")
 
@@ -186,10 +186,7 @@ def plot_validation(summary: dict[str, Any], path: Path, title: str = "") -> boo
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -228,10 +225,7 @@ def plot_seed_curves(summary: dict[str, Any], path: Path, title: str = "") -> No
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_suite_outputs(out: Path, name: str, records: dict[str, Any], summary: dict[str, Any], log=print) -> None:

@@ -135,7 +135,6 @@ def plot_accuracy(results: dict[str, dict[str, Any]], path: Path, title: str = "
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from metaplastic.evaluation.report import save_figure
+
+    save_figure(fig, path)

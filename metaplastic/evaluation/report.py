@@ -72,6 +72,13 @@ def plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str = "")
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write atomically (a temporary PNG renamed over ``path``) and close a figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

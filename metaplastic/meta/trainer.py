@@ -57,18 +57,20 @@ class MetaTrainer:
         k = self.step if step is None else step
         return base if schedule is None else base * schedule.factor(k, meta_cfg.steps)
 
-    def validate(self) -> dict[str, float]:
-        """Score the current meta-parameters on the validation episodes; keep track of the best."""
+    def validate(self) -> tuple[dict[str, float], bool]:
+        """Score the current meta-parameters on the validation episodes; keep track of the best.
+        Returns the logged values and whether this step is the new best."""
         from metaplastic.evaluation.validation import higher_is_better, validate, validation_metric
 
         values = validate(self.experiment, {k: v.detach() for k, v in self.meta.items()})
         metric = validation_metric(self.experiment)
         value = values[metric]
         best = self.best
-        improved = best is None or (value > best["value"] if higher_is_better(metric) else value < best["value"])
-        if improved and math.isfinite(value):
+        better = best is None or (value > best["value"] if higher_is_better(metric) else value < best["value"])
+        improved = better and math.isfinite(value)
+        if improved:
             self.best = {"step": self.step, "metric": metric, "value": value}
-        return {**values, "val/improved": float(bool(improved and math.isfinite(value)))}
+        return values, improved
 
     @property
     def config(self) -> ExperimentConfig:
@@ -252,8 +254,8 @@ def train(
     every = meta_cfg.validate_every
 
     def validate_into(metrics: dict[str, float]) -> None:
-        values = trainer.validate()
-        if values.pop("val/improved"):
+        values, improved = trainer.validate()
+        if improved:
             save_checkpoint(best_ckpt, trainer.state_dict())  # before the last checkpoint records it
         metrics.update(values)
 
