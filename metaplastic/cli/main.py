@@ -85,6 +85,14 @@ def _suite(args: argparse.Namespace) -> None:
               only=args.only, threads=args.threads)
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from metaplastic.sweep import run_sweep
+    from metaplastic.tracking import resolve_mode
+
+    run_sweep(args.sweep, args.overrides, address=args.address, max_concurrent=args.max_concurrent, out=args.out,
+              resume=args.resume, wandb_mode=resolve_mode(args.wandb))
+
+
 def _wandb_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wandb",
@@ -160,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, help="torch threads per run (default: cores / jobs with --jobs)")
     p.add_argument("--only", action="append", metavar="LABEL", help="run only this label of the suite (repeatable)")
     p.set_defaults(func=_suite)
+
+    p = sub.add_parser("sweep", help="search config keys and seeds on Ray Tune (grid, random, Optuna TPE; ASHA)")
+    p.add_argument("sweep", help="sweep YAML (e.g. experiments/sweeps/quick_flp_coef.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial")
+    p.add_argument("--address", help="an existing Ray cluster (default: an embedded Ray on this machine)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: as resources allow)")
+    p.add_argument("--out", help="sweep folder (default: the sweep's out_dir, else runs/sweeps/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue a killed sweep; finished trials are not re-run")
+    _wandb_flag(p)
+    p.set_defaults(func=_sweep)
 
     p = sub.add_parser("compare", help="train a set of rules (no meta-learning) on mnist1d and digits, compare errors")
     p.add_argument("config", help="comparison YAML (e.g. experiments/compare.yaml)")

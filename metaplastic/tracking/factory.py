@@ -57,11 +57,12 @@ def make_tracker(
     config: dict[str, Any] | None = None,
     mode: str | None = None,
     name: str | None = None,
+    group: str | None = None,
 ) -> MultiTracker:
     """A run-folder tracker in ``<folder>/tracking/<job_type>`` plus wandb (files in ``<folder>/wandb``).
 
     One sub-folder per job type, so evaluating or analysing into a training run's folder
-    leaves the training record intact."""
+    leaves the training record intact. ``group`` groups wandb runs (a sweep's trials)."""
     resolved = resolve_mode(mode)  # before anything is written: a bad mode leaves no folder
     folder = Path(folder)
     config = {**(config or {}), "job_type": job_type}
@@ -70,7 +71,7 @@ def make_tracker(
         from metaplastic.tracking.wandb_backend import WandbTracker
 
         try:
-            trackers.append(WandbTracker(folder, resolved, config, name=name, job_type=job_type))
+            trackers.append(WandbTracker(folder, resolved, config, name=name, job_type=job_type, group=group))
         except ConfigError:
             if mode is not None:
                 raise
@@ -99,15 +100,15 @@ class TrainingTracking:
     The tracker opens at the first meta-step (after ``train`` has validated the run folder) and
     ``close`` logs the checkpoint as an artifact and finishes the run."""
 
-    def __init__(self, config: Any, mode: str | None = None):
-        self.config, self.mode = config, mode
+    def __init__(self, config: Any, mode: str | None = None, group: str | None = None):
+        self.config, self.mode, self.group = config, mode, group
         self.tracker: MultiTracker | None = None
         self.callback: Callable[[Any, dict[str, float]], None] | None = None
 
     def __call__(self, trainer: Any, metrics: dict[str, float]) -> None:
         if self.tracker is None:
             cfg = self.config
-            self.tracker = make_tracker(cfg.run_dir, "train", cfg.to_dict(), self.mode, name=cfg.name)
+            self.tracker = make_tracker(cfg.run_dir, "train", cfg.to_dict(), self.mode, name=cfg.name, group=self.group)
             self.callback = training_callback(self.tracker, cfg.meta.log_every, cfg.meta.steps)
         self.callback(trainer, metrics)
 

@@ -19,6 +19,7 @@ class WandbTracker:
         name: str | None = None,
         job_type: str | None = None,
         project: str | None = None,
+        group: str | None = None,
     ):
         try:
             import wandb
@@ -34,6 +35,7 @@ class WandbTracker:
             project=project or "metaplastic",
             name=name,
             job_type=job_type,
+            group=group,
             config=config or {},
             settings=wandb.Settings(console="off", silent=True),
             reinit="finish_previous",
