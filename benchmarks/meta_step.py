@@ -140,6 +140,9 @@ class Worker:
         self.torch, self.opts = torch, opts
         if opts["threads"]:
             torch.set_num_threads(opts["threads"])
+        if opts.get("tf32"):  # float32 GEMMs on TensorFloat-32 tensor cores (CUDA, Ampere and newer)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         if opts["keep_freed_memory"]:
             keep_freed_memory()
         self.baseline_rss = rss_gb()
@@ -323,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--general", action="store_true", help="disable the fused lifetime (step-by-step graph)")
     p.add_argument("--meta-batch", type=int, default=1, help="tasks per meta-step")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (peak GPU memory is reported too)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA float32)")
     p.add_argument("--unroll", default="full", choices=["full", "checkpoint", "truncate", "first_order"],
                    help="meta.unroll.mode")
     p.add_argument("--segment", type=int, help="meta.unroll.segment (checkpoint; default about sqrt(steps))")
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch, "hidden": args.hidden, "dtype": args.dtype, "warmup": args.warmup,
             "repeats": args.repeats, "threads": args.threads, "general": args.general,
             "keep_freed_memory": not args.default_malloc, "meta_batch": args.meta_batch, "device": args.device,
-            "unroll": {"mode": args.unroll, "segment": args.segment, "last_steps": args.last_steps},
+            "tf32": args.tf32, "unroll": {"mode": args.unroll, "segment": args.segment, "last_steps": args.last_steps},
         }
         if args.compile:
             opts["unroll"]["compile"] = True

@@ -181,6 +181,62 @@ def analysis_table(suite_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _records(dirs: list[Path]) -> dict[tuple[str, int], dict[str, Any]]:
+    out = {}
+    for d in dirs:
+        for record in json.loads((d / "results.json").read_text())["runs"].values():
+            out[(record["label"], record["seed"])] = record
+    return out
+
+
+def crossed_table(continual: list[Path], iid: list[Path], pairs: list[tuple[str, str]]) -> str:
+    """Training order x test order per learner, and whether FLP's margin over OML is larger when
+    both are meta-trained and tested on continual streams than on shuffled ones (claim 2)."""
+    trained = {"continual": _records(continual), "iid": _records(iid)}
+    in_both = {k[0] for k in trained["continual"]}
+    labels = [lab for lab in dict.fromkeys(k[0] for k in trained["iid"]) if lab in in_both]
+    seeds = sorted({k[1] for k in trained["iid"]})
+
+    def mse(train_order: str, label: str, seed: int, test_order: str) -> float | None:
+        record = trained[train_order].get((label, seed))
+        return None if record is None else record["last"]["trained"][test_order]["mse"]
+
+    lines = ["| learner | meta-trained on | tested continual | tested i.i.d. | seeds |", "|---|---|---|---|---|"]
+    for label in labels:
+        for train_order in ORDERS:
+            cells, n = [], 0
+            for test_order in ORDERS:
+                vals = [v for v in (mse(train_order, label, s, test_order) for s in seeds) if v is not None]
+                n = len(vals)
+                cells.append(fmt(vals) if vals else "-")
+            name = "continual streams" if train_order == "continual" else "shuffled (i.i.d.) streams"
+            lines.append(f"| {label} | {name} | {cells[0]} | {cells[1]} | {n} |")
+    lines += ["", "Every cell: MSE after the whole stream on the same 100 held-out test episodes, last checkpoint, "
+              "mean ± 95% t-interval over seeds (per-seed values in brackets).", ""]
+    if pairs:
+        lines += ["Paired differences A − B, each learner tested in the order it was meta-trained on (negative = A "
+                  "better); the last column is the continual margin minus the i.i.d. margin (negative = A's "
+                  "advantage is larger on continual streams):", "",
+                  "| difference | continual → continual | i.i.d. → i.i.d. | continual margin − i.i.d. margin |",
+                  "|---|---|---|---|"]
+        for a, b in pairs:
+            cont, shuf, dd = [], [], []
+            for s in seeds:
+                va, vb = mse("continual", a, s, "continual"), mse("continual", b, s, "continual")
+                wa, wb = mse("iid", a, s, "iid"), mse("iid", b, s, "iid")
+                if None not in (va, vb):
+                    cont.append(va - vb)
+                if None not in (wa, wb):
+                    shuf.append(wa - wb)
+                if None not in (va, vb, wa, wb):
+                    dd.append((va - vb) - (wa - wb))
+            if cont or shuf:
+                cells = [fmt(v) if v else "-" for v in (cont, shuf, dd)]
+                lines.append(f"| {a} − {b} | {cells[0]} | {cells[1]} | {cells[2]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def fill_page(page: Path, suite: str, text: str) -> None:
     """Replace the page's block for ``suite`` (between its markers) with ``text``."""
     begin, end = f"<!-- table:{suite} -->", "<!-- end -->"
@@ -194,14 +250,25 @@ def fill_page(page: Path, suite: str, text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suites", nargs="+", type=Path)
+    parser.add_argument("suites", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction"))
     parser.add_argument("--pairs", nargs="*", default=[], help="'A:B' learner pairs for paired differences")
     parser.add_argument("--analysis", nargs="*", type=Path, default=[], help="suites whose runs were analysed")
     parser.add_argument("--page", type=Path, help="a markdown page whose <!-- table:SUITE --> ... <!-- end --> "
                         "blocks are replaced by the generated tables")
+    parser.add_argument("--crossed", nargs=2, metavar=("CONTINUAL_DIRS", "IID_DIRS"),
+                        help="comma-separated suite folders meta-trained on continual and on i.i.d. streams: "
+                        "writes <out>/crossed.md (block 'crossed' of --page)")
     args = parser.parse_args()
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    if args.crossed:
+        cont, iid = ([Path(d) for d in group.split(",")] for group in args.crossed)
+        text = crossed_table(cont, iid, pairs)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "crossed.md").write_text(text)
+        if args.page is not None:
+            fill_page(args.page, "crossed", text)
+        print(f"wrote {args.out / 'crossed.md'}")
     for suite_dir in args.suites:
         target = args.out / suite_dir.name
         target.mkdir(parents=True, exist_ok=True)

@@ -16,23 +16,37 @@ from metaplastic.errors import MetaplasticError
 
 def _train(args: argparse.Namespace) -> None:
     from metaplastic.config import load_config
+    from metaplastic.meta import distributed
     from metaplastic.meta.trainer import train
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out_dir={args.out}")
-    if args.device:
-        overrides.append(f"device={args.device}")
-    cfg = load_config(args.config, overrides)
-    from metaplastic.tracking import TrainingTracking, resolve_mode
+    with distributed.one_report():  # under torchrun, rank 0 alone prints an error all ranks share
+        overrides = list(args.overrides)
+        if args.out:
+            overrides.append(f"out_dir={args.out}")
+        if args.device:
+            overrides.append(f"device={args.device}")
+        cfg = load_config(args.config, overrides)
+        if args.nproc is not None and args.nproc > 1:  # this command again, in nproc torchrun workers
+            flags = [*(["--resume"] if args.resume else []), *(["--no-progress"] if args.no_progress else []),
+                     *(["--wandb", args.wandb] if args.wandb else [])]
+            distributed.launch(args.nproc, ["train", args.config, *overrides, *flags], cfg.meta.meta_batch,
+                               cfg.device)
+            return
+        parallel = distributed.setup(cfg.device)
+        main = parallel is None or parallel.is_main
+        from metaplastic.tracking import TrainingTracking, resolve_mode
 
-    tracking = TrainingTracking(cfg, resolve_mode(args.wandb))
-    try:
-        trainer = train(cfg, resume=args.resume, progress=not args.no_progress, on_step=tracking)
-    finally:
-        tracking.close(cfg.run_dir / "checkpoint.pt")
-    last = trainer.step
-    print(f"meta-trained {cfg.name} for {last} steps; checkpoint: {cfg.run_dir / 'checkpoint.pt'}")
+        tracking = TrainingTracking(cfg, resolve_mode(args.wandb)) if main else None
+        try:
+            trainer = train(cfg, resume=args.resume, progress=main and not args.no_progress, on_step=tracking,
+                            parallel=parallel)
+        finally:
+            if tracking is not None:
+                tracking.close(cfg.run_dir / "checkpoint.pt")
+            if parallel is not None:
+                parallel.close()
+        if main:
+            print(f"meta-trained {cfg.name} for {trainer.step} steps; checkpoint: {cfg.run_dir / 'checkpoint.pt'}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -134,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: the config's)")
+    p.add_argument("--nproc", type=_positive_int,
+                   help="data-parallel processes on this machine, started through torchrun (default 1)")
     _wandb_flag(p)
     p.set_defaults(func=_train)
 

@@ -4,6 +4,9 @@ divergence guard, meta-validation, checkpoints (last and best).
 A group whose learning rate is null in ``meta.lr`` is held fixed (no gradient is computed for
 it), which is how e.g. beta is fixed at 1 in the classification protocol. Meta-validation runs
 without gradients on its own fixed episodes, so it cannot change the training numbers.
+
+With a ``Parallel`` (``metaplastic.meta.distributed``, under torchrun) each rank computes its
+slice of the meta-batch and the gradients are summed across ranks; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor
 from metaplastic.config import ExperimentConfig, config_from_dict
 from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
 from metaplastic.meta.checkpoint import CHECKPOINT_FILES, atomic_write_text, load_checkpoint, save_checkpoint
+from metaplastic.meta.distributed import Parallel, check_divisible
 from metaplastic.meta.experiment import Experiment
 from metaplastic.params import GROUPS, group_of
 from metaplastic.schedules import schedule_for
@@ -30,9 +34,14 @@ from metaplastic.tasks import check_finite
 
 
 class MetaTrainer:
-    def __init__(self, experiment: Experiment, initial_meta: dict[str, Tensor] | None = None):
+    def __init__(
+        self, experiment: Experiment, initial_meta: dict[str, Tensor] | None = None, parallel: Parallel | None = None
+    ):
         self.experiment = experiment
+        self.parallel = parallel  # None: one process computes the whole meta-batch
         cfg = experiment.config
+        if parallel is not None:
+            check_divisible(cfg.meta.meta_batch, parallel.world_size)
         initial = initial_meta if initial_meta is not None else experiment.init_meta()
         self.initial_meta = {k: v.detach().clone() for k, v in initial.items()}
         self.meta = {k: v.detach().clone() for k, v in initial.items()}
@@ -83,10 +92,16 @@ class MetaTrainer:
         """One meta-update on a fresh meta-batch of episodes; returns its metrics."""
         start = time.perf_counter()
         exp = self.experiment
-        episodes = exp.training_episodes(self.step)
+        episodes = exp.training_episodes(self.step)  # the full meta-batch, whatever the rank
         check_finite(episodes)
-        loss = exp.meta_loss(self.meta, episodes, self.config.meta.unroll)
-        value = float(loss.detach())
+        parallel = self.parallel
+        if parallel is None:
+            loss = exp.meta_loss(self.meta, episodes, self.config.meta.unroll)
+            value = float(loss.detach())
+        else:  # local mean x local/total: the sums over ranks are the mean over the meta-batch
+            local = exp.meta_loss(self.meta, parallel.shard(episodes), self.config.meta.unroll)
+            loss = local * parallel.loss_weight(self.config.meta.meta_batch)
+            value = parallel.sum_value(loss)
         if not math.isfinite(value):
             raise DivergenceError(
                 f"inner loop diverged at meta-step {self.step}: meta-loss is {value}; "
@@ -99,6 +114,8 @@ class MetaTrainer:
         if self.optimizers:
             loss.backward()
             grads = {k: v.grad for k, v in self.trainable().items() if v.grad is not None}
+            if parallel is not None:  # which grads are None is structural: the same on every rank
+                parallel.sum_(list(grads.values()))
             for group in self.optimizers:
                 sq = [g.pow(2).sum() for k, g in grads.items() if group_of(k) == group]
                 metrics[f"grad_norm/{group}"] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
@@ -137,12 +154,14 @@ class MetaTrainer:
         }
 
     @classmethod
-    def from_state_dict(cls, payload: dict[str, Any], config: ExperimentConfig | None = None) -> MetaTrainer:
+    def from_state_dict(
+        cls, payload: dict[str, Any], config: ExperimentConfig | None = None, parallel: Parallel | None = None
+    ) -> MetaTrainer:
         cfg = config if config is not None else config_from_dict(payload["config"])
         experiment = Experiment.from_config(cfg)
         device, dtype = experiment.device, cfg.torch_dtype
         initial = {k: v.to(device=device, dtype=dtype) for k, v in payload["initial_meta"].items()}
-        trainer = cls(experiment, initial)
+        trainer = cls(experiment, initial, parallel)
         expected = set(trainer.meta)
         if set(payload["meta"]) != expected:
             raise CheckpointError("checkpoint meta-parameters do not match the config's network and rule")
@@ -210,9 +229,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[MetaTrainer, dict[str, float]], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> MetaTrainer:
     """Meta-train into ``config.run_dir`` (config.yaml, metrics.jsonl, checkpoint.pt and, with
-    meta-validation, best.pt: the meta-parameters of the best validation step)."""
+    meta-validation, best.pt: the meta-parameters of the best validation step).
+
+    With ``parallel`` every rank trains on its slice of each meta-batch and loads the same
+    checkpoint on resume; only rank 0 writes, validates, shows progress and calls ``on_step``."""
+    if parallel is not None:
+        check_divisible(config.meta.meta_batch, parallel.world_size)
+    main = parallel is None or parallel.is_main
     run_dir = config.run_dir
     ckpt = run_dir / CHECKPOINT_FILES["last"]
     best_ckpt = run_dir / CHECKPOINT_FILES["best"]
@@ -235,9 +261,9 @@ def train(
         ]
         if diffs:
             raise ConfigError(f"config differs from the checkpoint in {run_dir} at '{diffs[0]}': cannot resume")
-        trainer = MetaTrainer.from_state_dict(payload, config)
+        trainer = MetaTrainer.from_state_dict(payload, config, parallel)
     else:
-        trainer = MetaTrainer(Experiment.from_config(config))
+        trainer = MetaTrainer(Experiment.from_config(config), parallel=parallel)
     # Load the data (the first meta-batch) before writing anything: a wrong data path must not
     # leave a run folder with a step-0 checkpoint behind that blocks the corrected run.
     trainer.experiment.training_episodes(trainer.step)
@@ -245,6 +271,11 @@ def train(
         from metaplastic.evaluation.validation import check_can_validate
 
         check_can_validate(trainer.experiment)
+    if parallel is not None:
+        # every rank has checked the folder and read the checkpoint before rank 0 writes there
+        parallel.barrier()
+        if not main:
+            return _follow(trainer, parallel)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     metrics_path = run_dir / "metrics.jsonl"
@@ -303,4 +334,15 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+    if parallel is not None:
+        parallel.barrier()  # every rank returns once the last checkpoint is written
+    return trainer
+
+
+def _follow(trainer: MetaTrainer, parallel: Parallel) -> MetaTrainer:
+    """A rank other than 0: the same meta-steps, nothing written; it waits for rank 0's
+    validation and checkpoints in the next collective."""
+    while trainer.step < trainer.config.meta.steps:
+        trainer.meta_step()
+    parallel.barrier()
     return trainer
