@@ -15,12 +15,13 @@ from typing import Any
 import torch
 import yaml
 
-from metaplastic.config_utils import build_dataclass, to_plain
+from metaplastic.config_utils import build_dataclass, check_finite_numbers, to_plain
 from metaplastic.errors import ConfigError
 from metaplastic.params import GROUPS
 from metaplastic.schedules import ALL_GROUPS, ScheduleConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # devices that hold data ('meta' has none)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,8 @@ class EvalConfig:
             )
         if not self.sgd_lrs:
             raise ConfigError("eval.sgd_lrs must list at least one learning rate")
+        if not all(lr > 0 for lr in self.sgd_lrs):
+            raise ConfigError(f"eval.sgd_lrs must be > 0, got {list(self.sgd_lrs)}")
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,15 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name or "\0" in self.name:
+            raise ConfigError(f"name must be a non-empty folder name (no '/'), got {self.name!r}: runs go to "
+                              "runs/<name>")
+        try:
+            kind = torch.device(self.device).type
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"device must name a torch device such as cpu or cuda:0, got '{self.device}'") from None
+        if kind not in DEVICE_TYPES:
+            raise ConfigError(f"device '{self.device}' cannot train (devices: {', '.join(DEVICE_TYPES)}[:N])")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -196,8 +208,10 @@ class ExperimentConfig:
 
 
 def _read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config {path} is not a regular file")
     resolved = path.resolve()
     if resolved in _chain:
         raise ConfigError(f"config {path} inherits from itself through 'base:'")
@@ -208,9 +222,11 @@ def _read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        data = {}
+        problem = " ".join(str(getattr(e, "problem", e)).split())  # one line, whatever YAML says
+        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
+    if data is None or data == {}:
+        # an empty file would silently train the built-in defaults: a paper-size network
+        raise ConfigError(f"config {path} is empty: give at least a task, network or rule (see experiments/)")
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     base = data.pop("base", None)
@@ -265,12 +281,15 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     from metaplastic.rules import build_rule
     from metaplastic.tasks import build_task
 
+    check_finite_numbers(data)
     cfg = build_dataclass(ExperimentConfig, data, "")
     # Store the task and rule sections complete, with every default spelled out and values
     # coerced to their declared types: the saved config.yaml and checkpoint then describe the
     # run fully, and ``coef_init=1e-4`` (a string to YAML 1.1), ``0.0001`` or leaving a default
     # implicit all give equal configs, so resuming is not blocked by spelling.
-    return dataclasses.replace(cfg, task=to_plain(build_task(cfg.task)), rule=to_plain(build_rule(cfg.rule)))
+    full = dataclasses.replace(cfg, task=to_plain(build_task(cfg.task)), rule=to_plain(build_rule(cfg.rule)))
+    check_finite_numbers(full.to_dict())  # again after coercion: "1e300" reaches here as a string
+    return full
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -113,6 +113,24 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+LARGEST = 1e30  # beyond any meaningful setting; float32 overflows at 3.4e38
+
+
+def check_finite_numbers(data: Any, path: str = "") -> None:
+    """Every number of a config finite and of a sensible size, named by its dotted key: NaN
+    would otherwise surface as "diverged at meta-step 0" or an optimiser's traceback."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            check_finite_numbers(v, _join(path, str(k)))
+    elif isinstance(data, (list, tuple)):
+        for i, v in enumerate(data):
+            check_finite_numbers(v, f"{path}[{i}]")
+    elif isinstance(data, float) and not (abs(data) <= LARGEST):
+        what = "not a number" if data != data else ("infinite" if abs(data) == float("inf") else "too large")
+        raise ConfigError(f"{path or 'config'} is {what} ({data}): every number in a config must be finite "
+                          f"and at most {LARGEST:g} in size")
+
+
 def to_plain(obj: Any) -> Any:
     """Dataclasses/tuples -> dicts/lists of primitives (JSON- and weights_only-safe)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -129,6 +147,8 @@ def build_named(registry: dict[str, type], spec: Any, section: str, kind: str) -
     if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(f"config section '{section}' must be a mapping with a 'name'")
     name = spec["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"{section}.name must be a name such as '{sorted(registry)[0]}', got {name!r}")
     if name not in registry:
         raise ConfigError(f"unknown {kind} '{name}' (known: {', '.join(sorted(registry))})")
     return build_dataclass(registry[name], spec, section)

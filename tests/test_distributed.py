@@ -99,8 +99,8 @@ def test_two_processes_equal_one(reference, tmp_path):
     result = run_cli(["train", "--nproc", "2", str(config), f"out_dir={two}"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("meta-trained") == 1  # rank 0 alone reports
-    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "checkpoint.pt", "config.yaml", "metrics.jsonl",
-                                                     "tracking"]
+    assert sorted(p.name for p in two.iterdir()) == [".lock", "best.pt", "checkpoint.pt", "config.yaml",
+                                                     "metrics.jsonl", "tracking"]
     assert_same_run(one, two)
 
 

@@ -15,6 +15,12 @@ FORMAT = "metaplastic-checkpoint/1"
 CHECKPOINT_FILES = {"last": "checkpoint.pt", "best": "best.pt"}  # in a run folder; best: by meta-validation
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
@@ -25,6 +31,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -28,6 +28,7 @@ from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
 from metaplastic.meta.checkpoint import CHECKPOINT_FILES, atomic_write_text, load_checkpoint, save_checkpoint
 from metaplastic.meta.distributed import Parallel, check_divisible
 from metaplastic.meta.experiment import Experiment
+from metaplastic.meta.run_lock import RunLock
 from metaplastic.params import GROUPS, group_of
 from metaplastic.schedules import schedule_for
 from metaplastic.tasks import check_finite
@@ -241,7 +242,6 @@ def train(
     main = parallel is None or parallel.is_main
     run_dir = config.run_dir
     ckpt = run_dir / CHECKPOINT_FILES["last"]
-    best_ckpt = run_dir / CHECKPOINT_FILES["best"]
     if ckpt.exists() and not resume:
         raise ConfigError(
             f"{run_dir} already holds a checkpoint: pass --resume to continue it or choose another out_dir"
@@ -276,7 +276,27 @@ def train(
         parallel.barrier()
         if not main:
             return _follow(trainer, parallel)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    fresh = not (resume and ckpt.exists())
+    with RunLock(run_dir):
+        if fresh and ckpt.exists():  # another process wrote it between the checks and the lock
+            raise ConfigError(f"{run_dir} already holds a checkpoint (written by another run meanwhile): "
+                              "pass --resume to continue it or choose another out_dir")
+        _train_into(trainer, config, progress, on_step)
+    if parallel is not None:
+        parallel.barrier()  # every rank returns once the last checkpoint is written
+    return trainer
+
+
+def _train_into(
+    trainer: MetaTrainer,
+    config: ExperimentConfig,
+    progress: bool,
+    on_step: Callable[[MetaTrainer, dict[str, float]], None] | None,
+) -> None:
+    """The writing part of ``train``: run by the one process that holds the folder's lock."""
+    run_dir = config.run_dir
+    ckpt = run_dir / CHECKPOINT_FILES["last"]
+    best_ckpt = run_dir / CHECKPOINT_FILES["best"]
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     metrics_path = run_dir / "metrics.jsonl"
     kept = _read_metrics(metrics_path, trainer.step)
@@ -334,9 +354,6 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-    if parallel is not None:
-        parallel.barrier()  # every rank returns once the last checkpoint is written
-    return trainer
 
 
 def _follow(trainer: MetaTrainer, parallel: Parallel) -> MetaTrainer:

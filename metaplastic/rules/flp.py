@@ -76,6 +76,12 @@ class FLPRule:
             )
         check_scope(self.scope)
         get_activation(self.feedback_activation)
+        if any(w < 1 for w in self.feedback_hidden):
+            raise ConfigError(f"rule.feedback_hidden must list widths >= 1, got {list(self.feedback_hidden)}")
+        if not self.feedback_init_scale > 0:
+            raise ConfigError(f"rule.feedback_init_scale must be > 0, got {self.feedback_init_scale}")
+        if not self.hidden_multiplier > 0:
+            raise ConfigError(f"rule.hidden_multiplier must be > 0, got {self.hidden_multiplier}")
         if self.beta_sigmoid and not 0.0 < self.beta_init < 1.0:
             raise ConfigError("rule.beta_init must lie in (0, 1) when rule.beta_sigmoid is true")
         if self.coef_nonneg and self.coef_init <= 0.0:

@@ -1,0 +1,129 @@
+"""Bad input, as a hostile new user gives it: one line ``error: ...``, exit 2, nothing written.
+
+Every case runs in-process through the CLI's ``main`` in a fresh working folder, from the quick
+FLP config trained for one meta-step (so a case that is wrongly accepted finishes quickly and
+fails the test instead of training for minutes). A case passes only if ``main`` returns 2,
+stderr is exactly one line starting with ``error:``, and no file or folder was created.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from metaplastic.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = str(ROOT / "experiments" / "quick_flp.yaml")
+FAST = ["meta.steps=1", "eval.episodes=2", "task.n_functions=2", "task.steps_per_function=2", "network.hidden=[8]"]
+
+
+def train(*overrides: str) -> list[str]:
+    return ["train", QUICK, *FAST, *overrides, "--no-progress", "--wandb", "disabled"]
+
+
+CASES: dict[str, list[str]] = {
+    # non-finite numbers name their key
+    "lr init nan": train("meta.lr.init=.nan"),
+    "lr coef nan": train("meta.lr.coef=.nan"),
+    "lr init 1e300": train("meta.lr.init=1e300"),
+    "grad_clip nan": train("meta.grad_clip=.nan"),
+    "sgd_lrs nan": train("eval.sgd_lrs=[.nan]"),
+    "sgd_lrs negative": train("eval.sgd_lrs=[-1]"),
+    "coef_init nan": train("rule.coef_init=.nan"),
+    "coef_init inf": train("rule.coef_init=.inf"),
+    "x_range infinite": train("task.x_range=[-.inf,.inf]"),
+    "amplitude nan": train("task.amplitude=[.nan,1.0]"),
+    # impossible values
+    "feedback_hidden 0": train("rule.feedback_hidden=[0]"),
+    "feedback_hidden -1": train("rule.feedback_hidden=[-1]"),
+    "feedback_init_scale -1": train("rule.feedback_init_scale=-1"),
+    "hidden_multiplier -1": train("rule.hidden_multiplier=-1"),
+    "hidden 0": train("network.hidden=[0]"),
+    # wrong types
+    "rule name list": train("rule.name=[flp]"),
+    "task name mapping": train("task.name={name: sine}"),
+    "device meta": train("device=meta"),
+    # run folder and config file
+    "name without out": ["train", QUICK, *FAST, "name=", "--no-progress", "--wandb", "disabled"],
+    "config is a directory": ["train", str(ROOT / "experiments"), "--no-progress"],
+    "config is dev null": ["train", "/dev/null", "--no-progress"],
+}
+
+
+def snapshot(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_error_and_writes_nothing(name: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    before = snapshot(tmp_path)
+    code = main(CASES[name])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, f"{name}: exit {code}, stderr {err[-300:]!r}"
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert snapshot(tmp_path) == before, f"{name} wrote {sorted(snapshot(tmp_path) - before)}"
+
+
+def test_empty_config_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for text in ("", "# only a comment\n"):
+        path = tmp_path / "empty.yaml"
+        path.write_text(text)
+        assert main(["train", str(path), "--no-progress", "--wandb", "disabled"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "empty" in err
+        path.unlink()
+    assert not any(tmp_path.iterdir())
+
+
+def test_nul_byte_in_yaml_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "nul.yaml"
+    path.write_bytes(b"name: x\x00\nmeta: {steps: 1}\n")
+    assert main(["train", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
+    from metaplastic.meta.checkpoint import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_second_process_on_a_run_folder_is_refused_and_dead_locks_are_not_stale(tmp_path: Path, capsys) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from metaplastic.meta.run_lock import RunLock
+
+    out = tmp_path / "run"
+    with RunLock(out):  # another process trains into it
+        assert main([*train(), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "in use by another process" in err and "\n" not in err
+        assert not (out / "checkpoint.pt").exists()
+    # a process that holds the lock and is killed leaves no stale lock behind
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from metaplastic.meta.run_lock import RunLock; "
+                               f"RunLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert main([*train(), "--out", str(out)]) == 2
+    capsys.readouterr()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"")  # a write that a kill interrupted
+    assert main([*train(), "--out", str(out)]) == 0
+    assert (out / "checkpoint.pt").is_file()
+    assert not list(out.glob(".*.tmp"))
