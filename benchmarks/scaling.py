@@ -11,6 +11,9 @@ must agree across process counts (the numbers do not depend on them).
     python benchmarks/scaling.py --nproc 1,2,4 --steps 20 --out scaling.json
     python benchmarks/scaling.py --steps 1 --warmup 0 task.steps_per_function=2   # a smoke run
 
+Section ``sweep``: the overhead of ``metaplastic sweep`` (Ray's start, per-trial start) against
+running the same trials by hand, in the same run.
+
 Another section is a function ``(args) -> (rows, markdown table)`` added to ``SECTIONS``.
 """
 
@@ -99,7 +102,74 @@ def processes_section(args: argparse.Namespace) -> tuple[list[dict], str]:
     return rows, "\n".join(lines)
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[list[dict], str]]] = {"processes": processes_section}
+SWEEP_LRS = (1e-3, 3e-3, 1e-2, 3e-2)  # the swept meta.lr.coef values: one trial each
+
+
+def _run_parallel(cmds: list[list[str]], jobs: int, env: dict) -> float:
+    """Wall seconds to run ``cmds`` with at most ``jobs`` at a time (what a shell loop with & does)."""
+    start = time.perf_counter()
+    pending, running = list(cmds), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            running.append(subprocess.Popen(pending.pop(0), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, text=True))
+        proc = running.pop(0)
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"error: a hand-run trial failed: {(err.strip().splitlines() or ['no output'])[-1]}")
+    return time.perf_counter() - start
+
+
+def sweep_section(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """Sweep overhead: the same trials through ``metaplastic sweep`` (embedded Ray, one trial per
+    core) and by hand (``metaplastic train`` processes, as many at once as cores), and Ray's start."""
+    import yaml
+
+    cores = os.cpu_count() or 1
+    steps = args.warmup + args.steps
+    trial_overrides = [*args.overrides, f"meta.steps={steps}", f"meta.validate_every={steps}",
+                       "meta.validate_episodes=2", f"meta.checkpoint_every={steps}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:
+        tmp = Path(tmp)
+        start_cmd = [sys.executable, "-c", "import time, ray; t = time.perf_counter(); "
+                     f"ray.init(num_cpus={cores}, include_dashboard=False, log_to_driver=False); "
+                     "print(time.perf_counter() - t)"]
+        started = subprocess.run(start_cmd, env=env, capture_output=True, text=True, check=True)
+        ray_start = float(started.stdout.split()[-1])
+        by_hand = [[sys.executable, "-m", "metaplastic", "train", str(args.config), *trial_overrides,
+                    f"meta.lr.coef={lr}", f"out_dir={tmp / 'hand' / str(lr)}", "--no-progress", "--wandb", "disabled"]
+                   for lr in SWEEP_LRS]
+        hand = _run_parallel(by_hand, cores, env)
+        sweep_file = tmp / "overhead.yaml"
+        sweep_file.write_text(yaml.safe_dump({
+            "name": "overhead", "base": str(Path(args.config).resolve()), "overrides": trial_overrides,
+            "space": {"meta.lr.coef": {"grid": list(SWEEP_LRS)}}, "search": "grid", "threads": 1,
+        }))
+        cmd = [sys.executable, "-m", "metaplastic", "sweep", str(sweep_file), "--out", str(tmp / "sweep"),
+               "--wandb", "disabled"]
+        start = time.perf_counter()
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        swept = time.perf_counter() - start
+        if result.returncode:
+            raise SystemExit(f"error: the sweep failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+    n = len(SWEEP_LRS)
+    rows = [{"way": "by hand (metaplastic train, cores at once)", "trials": n, "wall_s": hand},
+            {"way": "metaplastic sweep (embedded Ray)", "trials": n, "wall_s": swept},
+            {"way": "Ray start alone (ray.init)", "trials": 0, "wall_s": ray_start}]
+    per_trial = (swept - hand - ray_start) / n
+    lines = [f"{n} trials of {steps} meta-steps, {cores} at once, 1 thread each:", "",
+             "| way | trials | wall s | ratio to by hand |", "|---|---|---|---|"]
+    lines += [f"| {r['way']} | {r['trials']} | {r['wall_s']:.1f} | {r['wall_s'] / hand:.2f} |" for r in rows]
+    lines += ["", f"Overhead per trial beyond Ray's start: {per_trial:.1f} s"]
+    rows.append({"way": "overhead per trial beyond Ray's start", "trials": n, "wall_s": per_trial})
+    return rows, "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[list[dict], str]]] = {
+    "processes": processes_section, "sweep": sweep_section,
+}
 
 
 def _counts(text: str) -> list[int]:

@@ -101,7 +101,7 @@ def plot(sweep: Sweep, records: list[dict[str, Any]], rows: list[dict[str, Any]]
             ax.scatter(*zip(*mean), marker="x", color="k", label="mean over seeds")
         if categorical:
             ax.set_xticks(range(len(labels)), labels)
-        elif dim.kind == "loguniform" or (min(dim.values) > 0 and max(dim.values) / min(dim.values) >= 100):
+        elif dim.kind == "loguniform" or (min(dim.values) > 0 and max(dim.values) / min(dim.values) >= 10):
             ax.set_xscale("log")
         ax.set_xlabel(dim.key)
         ax.set_ylabel(sweep.metric)
