@@ -21,6 +21,8 @@ from metaplastic.params import GROUPS
 from metaplastic.schedules import ALL_GROUPS, ScheduleConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+READOUTS = ("all_units", "episode_units")
+LABEL_MAPS = ("random", "ordered")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # devices that hold data ('meta' has none)
 
 
@@ -152,8 +154,17 @@ class EvalConfig:
     sgd_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.05, 0.1)
     validation_episodes: int = 20
     classes: tuple[int, ...] = (5, 10, 20, 50, 100)  # classification: numbers of classes learned
+    # Classification: the prediction is the argmax over every output unit (``all_units``) or
+    # over the units of the episode's classes only (``episode_units``); the episode's classes go
+    # to random output units (``random``, as in training) or to units 0..N-1 (``ordered``).
+    readout: str = "all_units"
+    label_map: str = "random"
 
     def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ConfigError(f"eval.readout must be one of {', '.join(READOUTS)}, got '{self.readout}'")
+        if self.label_map not in LABEL_MAPS:
+            raise ConfigError(f"eval.label_map must be one of {', '.join(LABEL_MAPS)}, got '{self.label_map}'")
         if not self.classes or min(self.classes) < 1:
             raise ConfigError(f"eval.classes must list numbers of classes >= 1, got {list(self.classes)}")
         if self.episodes < 1 or self.points_per_function < 1 or self.batch < 1 or self.validation_episodes < 1:

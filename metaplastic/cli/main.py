@@ -58,7 +58,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     mode = resolve_mode(args.wandb)
     ckpt = Path(args.checkpoint)
     experiment, results = evaluate_checkpoint(
-        ckpt, references=not args.no_references, device=args.device, which=args.which
+        ckpt, references=not args.no_references, device=args.device, which=args.which, overrides=args.overrides
     )
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
     if is_classification(experiment):
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint (file or run folder)")
     p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*",
+                   help="eval.* and task.* overrides, e.g. eval.episodes=50 task.shots=1 eval.readout=episode_units")
     p.add_argument("--no-references", action="store_true", help="skip the untrained and online-SGD references")
     p.add_argument("--checkpoint", dest="which", choices=["last", "best"], default="last",
                    help="of a run folder: the last checkpoint or the best by meta-validation (default last)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metaplastic.config import config_from_dict
+from metaplastic.config import apply_overrides, config_from_dict
+from metaplastic.errors import ConfigError
 from metaplastic.evaluation.classification import evaluate_classification, is_classification
 from metaplastic.evaluation.references import evaluate_online_sgd
 from metaplastic.evaluation.regression import evaluate_rule
@@ -50,20 +51,35 @@ def evaluate_trained_classification(trainer: MetaTrainer, untrained: bool = True
     return results
 
 
-def load_trainer(path: str | Path, device: str | None = None, which: str = "last") -> MetaTrainer:
+EVALUATION_SECTIONS = ("eval", "task")  # what evaluation may change: never the model
+
+
+def load_trainer(
+    path: str | Path, device: str | None = None, which: str = "last", overrides: list[str] | None = None
+) -> MetaTrainer:
     """The trainer saved in a checkpoint (or a run folder's last or best one), optionally moved
-    to another device."""
+    to another device, with ``eval.*`` and ``task.*`` overrides (key=value) of its config:
+    checked like training overrides, and refused for any other key."""
     payload = load_checkpoint(path, which=which)
-    config = config_from_dict(payload["config"])
+    data = payload["config"]
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".", 1)[0] not in EVALUATION_SECTIONS or "." not in key:
+            raise ConfigError(f"evaluate override '{item}': only eval.* and task.* keys can change at evaluation "
+                              "(the rest would change the meta-trained model)")
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+    config = config_from_dict(data)
     if device:
         config = config.replace(device=device)
     return MetaTrainer.from_state_dict(payload, config)
 
 
 def evaluate_checkpoint(
-    path: str | Path, references: bool = True, device: str | None = None, which: str = "last"
+    path: str | Path, references: bool = True, device: str | None = None, which: str = "last",
+    overrides: list[str] | None = None,
 ) -> tuple[Experiment, dict[str, Any]]:
-    trainer = load_trainer(path, device, which)
+    trainer = load_trainer(path, device, which, overrides)
     if is_classification(trainer.experiment):
         return trainer.experiment, evaluate_trained_classification(trainer, untrained=references)
     results = evaluate_trained(trainer, untrained=references)

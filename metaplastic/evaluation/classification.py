@@ -2,8 +2,9 @@
 
 For every N in ``eval.classes`` and both orders, ``eval.episodes`` independent lifetimes each
 learn N unseen classes (test split) from their k shots, then classify the query samples of all
-N classes (argmax over every output unit). Continual and i.i.d. use the same generator seed, so
-they see the same classes, samples and labels and differ only in presentation order. The
+N classes (argmax over every output unit, or with ``eval.readout: episode_units`` over the units
+of the episode's classes; ``eval.label_map`` says which units those are). Continual and i.i.d.
+use the same generator seed, so they see the same classes, samples and labels and differ only in presentation order. The
 interval is the 95% Student-t confidence interval of the mean over lifetimes.
 """
 
@@ -28,7 +29,9 @@ def is_classification(experiment: Experiment) -> bool:
 
 
 @torch.no_grad()
-def episode_accuracy(experiment: Experiment, meta: dict[str, Tensor], episodes: Episodes) -> Tensor:
+def episode_accuracy(
+    experiment: Experiment, meta: dict[str, Tensor], episodes: Episodes, readout: str = "all_units"
+) -> Tensor:
     """Per-episode accuracy (T,) on the query samples after the whole lifetime."""
     exp = experiment
     if exp.plastic_conv:  # the convs learn in the lifetime: classify with the adapted ones
@@ -40,7 +43,16 @@ def episode_accuracy(experiment: Experiment, meta: dict[str, Tensor], episodes: 
         weights = run_lifetime(exp.net, exp.rule, exp.head_meta(meta), episodes.x, episodes.y, exp.loss)
         qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
         output = exp.net.forward(weights, qx).output
-    return (output.argmax(-1) == qy.argmax(-1)).to(torch.float64).mean(-1)
+    return (predict(output, qy, readout) == qy.argmax(-1)).to(torch.float64).mean(-1)
+
+
+def predict(output: Tensor, query_y: Tensor, readout: str) -> Tensor:
+    """Predicted units (T, Q): argmax over all units, or over the units that the episode's
+    classes use (those of its one-hot query labels)."""
+    if readout == "episode_units":
+        used = query_y.sum(1, keepdim=True) > 0  # (T, 1, units)
+        output = output.masked_fill(~used, float("-inf"))
+    return output.argmax(-1)
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -80,8 +92,8 @@ def evaluate_classification(
             runs: list[float] = []
             while len(runs) < n_runs:
                 size = min(ev.batch, n_runs - len(runs))
-                episodes_ = task.sample(size, g, split=split, n_classes=n).to(exp.device, dtype)
-                runs += episode_accuracy(exp, meta, episodes_).tolist()
+                episodes_ = task.sample(size, g, split=split, n_classes=n, label_map=ev.label_map)
+                runs += episode_accuracy(exp, meta, episodes_.to(exp.device, dtype), ev.readout).tolist()
             m, h = mean_ci95(runs)
             acc.append(m)
             ci.append(h)
@@ -91,6 +103,8 @@ def evaluate_classification(
             "ci95": ci,
             "chance": [1.0 / n for n in ev.classes],
             "runs": n_runs,
+            "readout": ev.readout,
+            "label_map": ev.label_map,
         }
     return results
 
@@ -109,6 +123,10 @@ def format_accuracy_table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{name:<{name_w}}  {order:<9}{cells}")
     chance = "".join(f"  {f'{1.0 / n:.3f}':>15}" for n in classes)
     lines.append(f"{'chance':<{name_w}}  {'':<9}{chance}")
+    r = first["continual"]
+    if "readout" in r:
+        over = "every output unit" if r["readout"] == "all_units" else "the units of the episode's classes"
+        lines.append(f"readout: {r['readout']} (argmax over {over}); label map: {r['label_map']}")
     return "\n".join(lines)
 
 

@@ -161,6 +161,11 @@ class MetaTrainer:
         cfg = config if config is not None else config_from_dict(payload["config"])
         experiment = Experiment.from_config(cfg)
         device, dtype = experiment.device, cfg.torch_dtype
+        shapes = {k: tuple(v.shape) for k, v in experiment.init_meta().items()}  # what the config builds
+        for k, v in payload["initial_meta"].items():
+            if k in shapes and tuple(v.shape) != shapes[k]:
+                raise CheckpointError(f"checkpoint parameter '{k}' has shape {tuple(v.shape)}, but the config "
+                                      f"builds {shapes[k]}: the config does not describe this checkpoint's model")
         initial = {k: v.to(device=device, dtype=dtype) for k, v in payload["initial_meta"].items()}
         trainer = cls(experiment, initial, parallel)
         expected = set(trainer.meta)

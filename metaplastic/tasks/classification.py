@@ -205,9 +205,13 @@ class ClassificationStream:
 
     # ---- sampling --------------------------------------------------------------------
     def sample(
-        self, n_tasks: int, generator: torch.Generator, split: str = "train", n_classes: int | None = None
+        self, n_tasks: int, generator: torch.Generator, split: str = "train", n_classes: int | None = None,
+        label_map: str = "random",
     ) -> Episodes:
-        """Draw ``n_tasks`` episodes of ``n_classes`` (default: the task's) classes of ``split``."""
+        """Draw ``n_tasks`` episodes of ``n_classes`` (default: the task's) classes of ``split``.
+
+        ``label_map``: the k-th class of an episode goes to a random output unit (``random``, as
+        in training) or to unit k (``ordered``); the same classes and samples either way."""
         N = self.n_classes if n_classes is None else n_classes
         k, q = self.shots, self.query_per_class
         pool = self.pool(split)
@@ -227,7 +231,8 @@ class ClassificationStream:
                         f"class '{pool.names[c]}' has {len(m)} samples; shots + query_per_class need {k + q}"
                     )
                 picks.append(m[torch.randperm(len(m), generator=g)[: k + q]])
-            labels.append(torch.randperm(self.n_outputs, generator=g)[:N])
+            units = torch.randperm(self.n_outputs, generator=g)[:N]  # drawn in both maps: same stream after
+            labels.append(units if label_map == "random" else torch.arange(N))
         samples = pool.x[torch.stack(picks)].reshape(n_tasks, N, k + q, -1)
         return assemble_episodes(
             samples[:, :, :k], samples[:, :, k:], torch.stack(labels), self.n_outputs, self.order,
