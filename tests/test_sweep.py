@@ -135,6 +135,7 @@ def test_grid_sweep_writes_run_folders_summary_and_resumes_without_rerunning(tmp
     assert run(path, out, "--resume") == 0
     assert {d: ((d / "checkpoint.pt").stat().st_mtime_ns, (d / "metrics.jsonl").read_text()) for d in dirs} == before
     assert (out / "table.md").read_text() == table
+    assert len(json.loads((out / "trials.json").read_text())["invocations"]) == 2  # the start and the resume
 
     # Ray's state lost and one trial deleted (a kill before Ray saved anything): the resumed
     # sweep draws the same points, re-trains only the missing trial and ends with the same table

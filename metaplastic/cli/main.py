@@ -52,29 +52,46 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from metaplastic.evaluation.checkpoint_eval import evaluate_checkpoint
     from metaplastic.evaluation.classification import format_accuracy_table, is_classification, plot_accuracy
-    from metaplastic.evaluation.report import format_table, plot_curves, result_rows, write_json
+    from metaplastic.evaluation.report import format_table, plot_curves, result_rows, write_json, write_npz
     from metaplastic.tracking import make_tracker, resolve_mode
 
     mode = resolve_mode(args.wandb)
     ckpt = Path(args.checkpoint)
+    predictions: dict | None = {} if args.predictions else None
     experiment, results = evaluate_checkpoint(
-        ckpt, references=not args.no_references, device=args.device, which=args.which, overrides=args.overrides
+        ckpt, references=not args.no_references, device=args.device, which=args.which, overrides=args.overrides,
+        episodes=args.episodes, predictions=predictions,
     )
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    name = f"{experiment.config.name}-evaluate"
     if is_classification(experiment):
-        print(format_accuracy_table(results))
-        write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
-        plot_accuracy(results, out / "evaluation.png", title=f"{experiment.config.name}: accuracy vs classes learned")
-        name = f"{experiment.config.name}-evaluate"
+        if args.episodes:  # fixed episodes: accuracy and accuracy per class position, no curve to plot
+            from metaplastic.evaluation.episodes_file import format_episode_table
+
+            print(format_episode_table(results, args.episodes))
+            episodes_file = str(Path(args.episodes).resolve())
+            write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "episodes_file": episodes_file,
+                                                 "results": results})
+            written = [out / "evaluation.json"]
+        else:
+            print(format_accuracy_table(results))
+            write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
+            title = f"{experiment.config.name}: accuracy vs classes learned"
+            plot_accuracy(results, out / "evaluation.png", title=title)
+            written = [out / "evaluation.json", out / "evaluation.png"]
+        if predictions is not None:
+            write_npz(out / "predictions.npz", predictions)
+            written.append(out / "predictions.npz")
         with make_tracker(out, "evaluate", experiment.config.to_dict(), mode, name=name) as tracker:
-            tracker.image("evaluation", out / "evaluation.png")
+            if not args.episodes:
+                tracker.image("evaluation", out / "evaluation.png")
             tracker.artifact(out / "evaluation.json", name, "evaluation")
-        print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+        listed = ", ".join(map(str, written[:-1]))
+        print(f"wrote {listed} and {written[-1]}" if listed else f"wrote {written[-1]}")
         return
     print(format_table(results))
     write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
     plot_curves(results, out / "evaluation.png", title=experiment.config.name)
-    name = f"{experiment.config.name}-evaluate"
     with make_tracker(out, "evaluate", experiment.config.to_dict(), mode, name=name) as tracker:
         rows = result_rows(results)
         tracker.table("evaluation", rows)
@@ -162,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="of a run folder: the last checkpoint or the best by meta-validation (default last)")
     p.add_argument("--out", help="folder for evaluation.json/png (default: the checkpoint's folder)")
     p.add_argument("--device", help="torch device to evaluate on (default: the config's)")
+    p.add_argument("--episodes", metavar="FILE",
+                   help="classification: evaluate the fixed episodes listed in this YAML/JSON file instead of random "
+                   "ones (format: metaplastic/evaluation/episodes_file.py, README 'Evaluating on your own data')")
+    p.add_argument("--predictions", action="store_true",
+                   help="classification: also write every query's logits, prediction and label to predictions.npz")
     _wandb_flag(p)
     p.set_defaults(func=_evaluate)
 

@@ -6,16 +6,19 @@
 is ``Alphabet/character``; the same class found in several archives (Greek and Latin are in both
 "small" background archives, with identical drawings) is kept once, from the first archive in
 sorted order. Classes and drawings are sorted by name, so the class order never depends on a
-directory listing. Images are inverted (strokes = 1) and resized with antialiasing; the result
-is cached in one tensor file keyed by the source files (path, size, mtime) and the image size,
-written atomically and read back with ``weights_only=True``.
+directory listing. Images go through ``metaplastic.data.images.preprocess_image`` (grayscale, Lanczos resize,
+inverted: strokes = 1); the result is cached in one tensor file keyed by the source files
+(path, size, mtime) and the image size, written atomically and read back with
+``weights_only=True``. The cache lives in ``cache_dir`` (``task.cache_dir``; default
+``$XDG_CACHE_HOME/metaplastic``, else ``~/.cache/metaplastic``), outside the data folder, so
+every write of it is announced by one line on stderr.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metaplastic.data.images import preprocess_image
 from metaplastic.errors import DataError
 from metaplastic.meta.checkpoint import atomic_write_bytes
 
@@ -99,17 +103,7 @@ def _source_key(archives: list[Path], image_size: int) -> str:
 
 
 def _decode(data: bytes, where: str, image_size: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            gray = img.convert("L")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"corrupt image {where}: {e}") from None
-    if gray.size != (image_size, image_size):
-        gray = gray.resize((image_size, image_size), Image.Resampling.LANCZOS)
-    return 255 - np.asarray(gray, dtype=np.uint8)
+    return preprocess_image(data, image_size, invert=True, where=where)
 
 
 def _decode_all(archives: list[Path], image_size: int) -> Omniglot:
@@ -147,7 +141,10 @@ def default_cache_dir() -> Path:
 
 
 def load_omniglot(path: str | Path, image_size: int = 28, cache_dir: str | Path | None = None) -> Omniglot:
-    """Omniglot at ``image_size`` x ``image_size``, from the tensor cache when it is current."""
+    """Omniglot at ``image_size`` x ``image_size``, from the tensor cache when it is current.
+
+    ``cache_dir``: where the cache file goes (default ``default_cache_dir()``); writing it prints
+    one line to stderr naming the file, since it lands outside ``path``."""
     if image_size < 1:
         raise DataError(f"image_size must be >= 1, got {image_size}")
     archives = _archives(Path(path))
@@ -163,6 +160,8 @@ def load_omniglot(path: str | Path, image_size: int = 28, cache_dir: str | Path 
     payload = {"images": data.images, "offsets": data.offsets, "classes": list(data.classes)}
     try:
         atomic_write_bytes(cache_file, lambda f: torch.save(payload, f))
+        print(f"metaplastic: cached {len(data.images)} Omniglot images ({image_size}px) of {path} in {cache_file}"
+              " (set task.cache_dir to move it)", file=sys.stderr)
     except OSError:
         pass  # a read-only cache location only costs speed
     return data

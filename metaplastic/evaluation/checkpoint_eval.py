@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from metaplastic.config import apply_overrides, config_from_dict
 from metaplastic.errors import ConfigError
 from metaplastic.evaluation.classification import evaluate_classification, is_classification
+from metaplastic.evaluation.episodes_file import EpisodeFile, evaluate_episode_file, load_episode_file
 from metaplastic.evaluation.references import evaluate_online_sgd
 from metaplastic.evaluation.regression import evaluate_rule
 from metaplastic.meta.checkpoint import load_checkpoint
@@ -38,11 +41,15 @@ def evaluate_trained(trainer: MetaTrainer, label: str | None = None, untrained: 
     return results
 
 
-def evaluate_trained_classification(trainer: MetaTrainer, untrained: bool = True) -> dict[str, Any]:
-    """Accuracy vs classes learned for the meta-trained rule and, if asked, its initial meta-parameters."""
+def evaluate_trained_classification(
+    trainer: MetaTrainer, untrained: bool = True, predictions: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Accuracy vs classes learned for the meta-trained rule and, if asked, its initial
+    meta-parameters; ``predictions`` receives the meta-trained rule's query outputs."""
     exp = trainer.experiment
     label = rule_label(exp.rule)
-    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_classification(exp, trainer.meta)}
+    trained = evaluate_classification(exp, trainer.meta, predictions=predictions)
+    results = {f"{label} meta-trained ({trainer.step} steps)": trained}
     if untrained:
         results[f"{label} untrained init"] = evaluate_classification(exp, trainer.initial_meta)
         from metaplastic.evaluation.nearest import nearest_references
@@ -75,13 +82,40 @@ def load_trainer(
     return MetaTrainer.from_state_dict(payload, config)
 
 
+def evaluate_trained_episodes(
+    trainer: MetaTrainer, file: EpisodeFile, untrained: bool = True, predictions: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Accuracy on a file's fixed episodes for the meta-trained rule and, if asked, its initial
+    meta-parameters; ``predictions`` receives the meta-trained rule's query outputs."""
+    exp = trainer.experiment
+    label = rule_label(exp.rule)
+    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_episode_file(exp, trainer.meta, file,
+                                                                                      predictions=predictions)}
+    if untrained:
+        results[f"{label} untrained init"] = evaluate_episode_file(exp, trainer.initial_meta, file)
+    return results
+
+
 def evaluate_checkpoint(
     path: str | Path, references: bool = True, device: str | None = None, which: str = "last",
-    overrides: list[str] | None = None,
+    overrides: list[str] | None = None, episodes: str | Path | None = None,
+    predictions: dict[str, np.ndarray] | None = None,
 ) -> tuple[Experiment, dict[str, Any]]:
+    """Results of a checkpoint: random episodes, or the fixed ones of an ``episodes`` file
+    (classification only); ``predictions`` (classification only) receives every query's output.
+    The run and the file are both checked before anything is evaluated."""
     trainer = load_trainer(path, device, which, overrides)
+    exp = trainer.experiment
+    if (episodes is not None or predictions is not None) and not is_classification(exp):
+        flag = "--episodes" if episodes is not None else "--predictions"
+        raise ConfigError(f"{flag} needs a classification run; this run's task is '{exp.task.name}'")
+    if episodes is not None:
+        file = load_episode_file(episodes)
+        return exp, evaluate_trained_episodes(trainer, file, untrained=references, predictions=predictions)
     if is_classification(trainer.experiment):
-        return trainer.experiment, evaluate_trained_classification(trainer, untrained=references)
+        return trainer.experiment, evaluate_trained_classification(
+            trainer, untrained=references, predictions=predictions
+        )
     results = evaluate_trained(trainer, untrained=references)
     if references:
         results["online SGD, random init"] = evaluate_online_sgd(trainer.experiment)

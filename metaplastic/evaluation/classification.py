@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,6 +34,14 @@ def episode_accuracy(
     experiment: Experiment, meta: dict[str, Tensor], episodes: Episodes, readout: str = "all_units"
 ) -> Tensor:
     """Per-episode accuracy (T,) on the query samples after the whole lifetime."""
+    output, qy = query_outputs(experiment, meta, episodes)
+    return (predict(output, qy, readout) == qy.argmax(-1)).to(torch.float64).mean(-1)
+
+
+@torch.no_grad()
+def query_outputs(experiment: Experiment, meta: dict[str, Tensor], episodes: Episodes) -> tuple[Tensor, Tensor]:
+    """(output, query_y), both (T, Q, units): the network's logits on every query sample after
+    the whole lifetime, and the one-hot labels; kept apart from accuracy so they can be saved."""
     exp = experiment
     if exp.plastic_conv:  # the convs learn in the lifetime: classify with the adapted ones
         conv, weights = plastic_conv_lifetime(exp.encoder, exp.net, exp.rule, meta, episodes.x, episodes.y, exp.loss)
@@ -43,7 +52,7 @@ def episode_accuracy(
         weights = run_lifetime(exp.net, exp.rule, exp.head_meta(meta), episodes.x, episodes.y, exp.loss)
         qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
         output = exp.net.forward(weights, qx).output
-    return (predict(output, qy, readout) == qy.argmax(-1)).to(torch.float64).mean(-1)
+    return output, qy
 
 
 def predict(output: Tensor, query_y: Tensor, readout: str) -> Tensor:
@@ -74,10 +83,13 @@ def evaluate_classification(
     seed: int | None = None,
     episodes: int | None = None,
     orders: tuple[str, ...] = ORDERS,
+    predictions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """{order: {"classes", "accuracy", "ci95", "chance", "runs"}} over ``eval.classes``, on
     ``episodes`` (default ``eval.episodes``) lifetimes of ``split`` drawn from ``seed``
-    (default ``eval.seed``)."""
+    (default ``eval.seed``). A ``predictions`` dict receives, per order and N, every query's
+    ``{order}_{N}_logits`` (runs, Q, units), ``_prediction`` and ``_label`` (runs, Q) units, so
+    the accuracy can be recomputed (and errors inspected) outside this code."""
     exp = experiment
     ev = exp.config.eval
     dtype = exp.config.torch_dtype
@@ -90,10 +102,18 @@ def evaluate_classification(
         for n in ev.classes:
             g = seeded_generator(seed, n)
             runs: list[float] = []
+            kept: list[tuple[Tensor, Tensor, Tensor]] = []
             while len(runs) < n_runs:
                 size = min(ev.batch, n_runs - len(runs))
                 episodes_ = task.sample(size, g, split=split, n_classes=n, label_map=ev.label_map)
-                runs += episode_accuracy(exp, meta, episodes_.to(exp.device, dtype), ev.readout).tolist()
+                output, qy = query_outputs(exp, meta, episodes_.to(exp.device, dtype))
+                pred, label = predict(output, qy, ev.readout), qy.argmax(-1)
+                runs += (pred == label).to(torch.float64).mean(-1).tolist()
+                if predictions is not None:
+                    kept.append((output.cpu(), pred.cpu(), label.cpu()))
+            if predictions is not None:
+                for name, parts in zip(("logits", "prediction", "label"), zip(*kept)):
+                    predictions[f"{order}_{n}_{name}"] = torch.cat(parts).numpy()
             m, h = mean_ci95(runs)
             acc.append(m)
             ci.append(h)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from metaplastic.meta.checkpoint import atomic_write_text
+from metaplastic.meta.checkpoint import atomic_write_bytes, atomic_write_text
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -41,6 +41,13 @@ def result_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Arrays in one ``.npz`` (written atomically; plain dtypes, so ``np.load`` needs no pickle)."""
+    import numpy as np
+
+    atomic_write_bytes(Path(path), lambda f: np.savez(f, **arrays))
 
 
 def plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> None:

@@ -121,6 +121,18 @@ def best_config(sweep: Sweep, row: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _previous_invocations(path: Path) -> list[dict[str, Any]]:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    if isinstance(old.get("invocations"), list):
+        return list(old["invocations"])
+    return [{"seconds": old["seconds"]}] if isinstance(old.get("seconds"), (int, float)) else []
+
+
 def summarize(sweep: Sweep, out_dir: Path, seconds: float | None = None) -> dict[str, Any]:
     from metaplastic.sweep.runner import TRIALS_DIR
 
@@ -129,8 +141,9 @@ def summarize(sweep: Sweep, out_dir: Path, seconds: float | None = None) -> dict
     table = format_table(sweep, rows)
     print(table)
     atomic_write_text(out_dir / TABLE, table + "\n")
+    invocations = _previous_invocations(out_dir / TRIALS) + ([{"seconds": seconds}] if seconds is not None else [])
     summary = {"sweep": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "trials": len(records),
-               "seconds": seconds, "points": rows}
+               "invocations": invocations, "points": rows}  # invocations: wall seconds of each start and resume
     write_json(out_dir / TRIALS, summary)
     if rows and math.isfinite(rows[0]["mean"]):
         text = f"# best point of sweep {sweep.name} by {sweep.metric} ({_fmt(rows[0]['mean'])})\n"

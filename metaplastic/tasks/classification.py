@@ -8,8 +8,10 @@ classes to N distinct output units drawn at random from ``n_outputs``, so every 
 used across meta-training and a lifetime cannot rely on fixed class identities. Targets are
 one-hot. Everything is drawn from the generator passed to ``sample``.
 
-Sources: ``omniglot`` (images, split by alphabet or by character), ``digits`` and ``mnist1d``
-(feature vectors; their train and test samples of the same 10 classes).
+Sources: ``omniglot`` (images, split by alphabet or by character), ``folder`` (images of your
+own, ``<root>/<class>/<image>``, preprocessed like Omniglot and split by class with
+``test_fraction``/``split_seed``), ``digits`` and ``mnist1d`` (feature vectors; their train and
+test samples of the same 10 classes).
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metaplastic.data.images import as_vectors, load_image_folder, preprocess_image
 from metaplastic.errors import ConfigError, DataError
 from metaplastic.tasks.base import Episodes
 
 ORDERS = ("continual", "iid")
-SOURCES = ("omniglot", "digits", "mnist1d")
+SOURCES = ("omniglot", "folder", "digits", "mnist1d")
+IMAGE_SOURCES = ("omniglot", "folder")
 SPLITS = ("alphabet", "character")
 
 
@@ -85,6 +91,23 @@ def split_validation(pool: ClassPool, fraction: float, seed: int, by_class: bool
     return ClassPool(pool.x, tuple(train_m), pool.names), ClassPool(pool.x, tuple(val_m), pool.names)
 
 
+def _split_by_class(
+    x: Tensor, members: list[Tensor], names: tuple[str, ...], is_test: list[bool]
+) -> dict[str, ClassPool]:
+    pools = {}
+    for name, want in (("train", False), ("test", True)):
+        ids = [i for i, t in enumerate(is_test) if t == want]
+        pools[name] = ClassPool(x, tuple(members[i] for i in ids), tuple(names[i] for i in ids))
+    return pools
+
+
+def _random_test_classes(n_classes: int, test_fraction: float, split_seed: int) -> list[bool]:
+    """A seeded ``test_fraction`` of the classes, for splits that have no named groups."""
+    order = torch.randperm(n_classes, generator=torch.Generator().manual_seed(split_seed))
+    test_set = set(order[: int(round(test_fraction * n_classes))].tolist())
+    return [i in test_set for i in range(n_classes)]
+
+
 @functools.lru_cache(maxsize=8)
 def _omniglot_pools(
     root: str, image_size: int, cache_dir: str | None, split: str, test_alphabets: tuple[str, ...],
@@ -93,7 +116,7 @@ def _omniglot_pools(
     from metaplastic.data.omniglot import load_omniglot
 
     data = load_omniglot(root, image_size, cache_dir)
-    x = data.images.reshape(len(data.images), -1).to(torch.float32) / 255.0
+    x = as_vectors(data.images)
     members = data.class_members()
     if split == "alphabet":
         unknown = sorted(set(test_alphabets) - set(data.alphabets))
@@ -101,15 +124,17 @@ def _omniglot_pools(
             raise DataError(f"test alphabet '{unknown[0]}' not in the data (alphabets: {', '.join(data.alphabets)})")
         is_test = [c.split("/")[0] in test_alphabets for c in data.classes]
     else:
-        order = torch.randperm(len(data.classes), generator=torch.Generator().manual_seed(split_seed))
-        n_test = int(round(test_fraction * len(data.classes)))
-        test_set = set(order[:n_test].tolist())
-        is_test = [i in test_set for i in range(len(data.classes))]
-    pools = {}
-    for name, want in (("train", False), ("test", True)):
-        ids = [i for i, t in enumerate(is_test) if t == want]
-        pools[name] = ClassPool(x, tuple(members[i] for i in ids), tuple(data.classes[i] for i in ids))
-    return pools
+        is_test = _random_test_classes(len(data.classes), test_fraction, split_seed)
+    return _split_by_class(x, members, data.classes, is_test)
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_pools(
+    root: str, image_size: int, invert: bool, test_fraction: float, split_seed: int
+) -> dict[str, ClassPool]:
+    data = load_image_folder(root, image_size, invert)
+    is_test = _random_test_classes(len(data.classes), test_fraction, split_seed)
+    return _split_by_class(as_vectors(data.images), data.class_members(), data.classes, is_test)
 
 
 @functools.lru_cache(maxsize=4)
@@ -130,7 +155,8 @@ class ClassificationStream:
     source: str = "omniglot"
     root: str = "data/omniglot"
     image_size: int = 28
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # Omniglot's tensor cache (default ~/.cache/metaplastic; each write is announced)
+    invert: bool = True  # folder images: 255 - x, as Omniglot (dark strokes on light paper become bright)
     split: str = "alphabet"
     test_alphabets: tuple[str, ...] = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
     test_fraction: float = 0.5
@@ -163,11 +189,11 @@ class ClassificationStream:
     @property
     def image_side(self) -> int | None:
         """Side of the square images, or None for feature-vector sources."""
-        return self.image_size if self.source == "omniglot" else None
+        return self.image_size if self.source in IMAGE_SOURCES else None
 
     @property
     def n_inputs(self) -> int:
-        if self.source == "omniglot":
+        if self.source in IMAGE_SOURCES:
             return self.image_size**2
         return int(self.pool("train").x.shape[1])
 
@@ -194,14 +220,26 @@ class ClassificationStream:
                 self.root, self.image_size, self.cache_dir, self.split, tuple(self.test_alphabets),
                 self.test_fraction, self.split_seed,
             )
+        elif self.source == "folder":
+            pools = _folder_pools(self.root, self.image_size, self.invert, self.test_fraction, self.split_seed)
         else:
             pools = _array_pools(self.source)
         if split == "test" or self.validation_fraction == 0.0:
             return pools[split]
         train, validation = split_validation(
-            pools["train"], self.validation_fraction, self.split_seed + 1, by_class=self.source == "omniglot"
+            pools["train"], self.validation_fraction, self.split_seed + 1, by_class=self.source in IMAGE_SOURCES
         )
         return train if split == "train" else validation
+
+    def image_vectors(self, paths: list[str | Path]) -> Tensor:
+        """(n, D) inputs from image files, preprocessed exactly as this task's pools (for
+        episodes of your own); a feature-vector source has no image preprocessing to offer."""
+        if self.source not in IMAGE_SOURCES:
+            raise ConfigError(
+                f"images need an image task (task.source {' or '.join(IMAGE_SOURCES)}), this run's is '{self.source}'"
+            )
+        invert = True if self.source == "omniglot" else self.invert
+        return as_vectors(np.stack([preprocess_image(p, self.image_size, invert) for p in paths]))
 
     # ---- sampling --------------------------------------------------------------------
     def sample(
