@@ -218,3 +218,17 @@ def test_higher_adam_matches_torch_adam_per_task():
             opt.step()
         for k in params:
             torch.testing.assert_close(final[k][task], params[k].detach(), rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_batch_manhattan_ignores_rounding_noise():
+    """A gradient that is zero in exact arithmetic (here: noise of 1e-18) must not become a full
+    +-lr step; real gradients of the same task keep their sign steps."""
+    from metaplastic.rules.step_sizes import descend
+
+    w = {"layers.0.weight": torch.zeros(2, 3, 4), "layers.1.weight": torch.zeros(2, 1, 3)}
+    g = {"layers.0.weight": torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)) * 1e-18,
+         "layers.1.weight": torch.tensor([[[0.2, -0.1, 0.0]], [[-0.3, 0.05, 0.1]]])}
+    prepared = {"lr.global": torch.tensor(0.1)}
+    new = descend(w, g, prepared, "global", manhattan=True)
+    assert torch.equal(new["layers.0.weight"], w["layers.0.weight"])
+    assert torch.allclose(new["layers.1.weight"], -0.1 * torch.sign(g["layers.1.weight"]))

@@ -41,8 +41,26 @@ def descend(
     manhattan: bool = False,
 ) -> dict[str, Tensor]:
     """W <- W - lr * g (or - lr * sign(g) with Batch Manhattan) for every key of ``grads``."""
+    signs = manhattan_signs(grads) if manhattan else {}
     new = {}
     for key, g in grads.items():
         lr = step_size(prepared, lr_scope, int(key.split(".")[1]))
-        new[key] = weights[key] - lr * (torch.sign(g) if manhattan else g)
+        new[key] = weights[key] - lr * (signs[key] if manhattan else g)
     return new
+
+
+SIGN_TOLERANCE = 64  # in units of the dtype's eps, relative to the task's largest gradient entry
+
+
+def manhattan_signs(grads: dict[str, Tensor]) -> dict[str, Tensor]:
+    """sign(g), with entries below SIGN_TOLERANCE x eps of the task's largest |g| (over every
+    layer) counted as zero: a teaching signal that is zero in exact arithmetic comes out as
+    rounding noise (~1e-18), and a plain sign() would turn that noise into a full step."""
+    first = next(iter(grads.values()))
+    scale = torch.stack([g.detach().abs().flatten(1).amax(1) for g in grads.values()]).amax(0)  # (T,)
+    tol = SIGN_TOLERANCE * torch.finfo(first.dtype).eps * scale
+    out = {}
+    for key, g in grads.items():
+        keep = g.detach().abs() > tol.view(-1, *([1] * (g.dim() - 1)))
+        out[key] = torch.sign(g) * keep
+    return out
