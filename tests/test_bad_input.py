@@ -127,3 +127,29 @@ def test_second_process_on_a_run_folder_is_refused_and_dead_locks_are_not_stale(
     assert main([*train(), "--out", str(out)]) == 0
     assert (out / "checkpoint.pt").is_file()
     assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("tamper", ["step text", "step negative", "exp_avg size", "state index"])
+def test_inconsistent_checkpoints_are_refused_by_evaluate_and_resume(tamper: str, tmp_path: Path, capsys) -> None:
+    import torch
+
+    out = tmp_path / "run"
+    assert main([*train(), "--out", str(out)]) == 0
+    capsys.readouterr()
+    path = out / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    group = next(iter(payload["optimizers"]))
+    state = payload["optimizers"][group]["state"]
+    if tamper == "step text":
+        payload["step"] = "abc"
+    elif tamper == "step negative":
+        payload["step"] = -5
+    elif tamper == "exp_avg size":
+        state[0]["exp_avg"] = torch.zeros(7)
+    else:
+        state[999] = state[0]
+    torch.save(payload, path)
+    for argv in (["evaluate", str(out), "--no-references"], [*train("meta.steps=2"), "--out", str(out), "--resume"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err

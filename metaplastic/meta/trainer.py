@@ -182,13 +182,38 @@ class MetaTrainer:
         if set(payload["optimizers"]) != set(trainer.optimizers):
             raise CheckpointError("checkpoint optimiser groups do not match the config's meta.lr")
         for g, state in payload["optimizers"].items():
-            trainer.optimizers[g].load_state_dict(state)
+            _check_adam_state(g, state, trainer.optimizers[g])
+            try:
+                trainer.optimizers[g].load_state_dict(state)
+            except (ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(f"checkpoint optimiser state of group '{g}' is inconsistent: {e}") from None
             for group in trainer.optimizers[g].param_groups:
                 group["lr"] = cfg.meta.lr[g]
-        trainer.step = int(payload["step"])
+        step = payload["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"checkpoint step must be an integer >= 0, got {step!r}")
+        trainer.step = step
         best = payload.get("best")
         trainer.best = dict(best) if isinstance(best, dict) else None
         return trainer
+
+
+def _check_adam_state(group: str, state: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Adam's moments must have the shapes of the parameters they belong to: torch's own
+    load_state_dict accepts wrong shapes and the first step then fails far from the cause."""
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
+        raise CheckpointError(f"checkpoint optimiser state of group '{group}' is not an optimiser state")
+    params = [p for pg in optimizer.param_groups for p in pg["params"]]
+    for index, entry in state["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise CheckpointError(f"checkpoint optimiser state of group '{group}' names parameter {index!r}, "
+                                  f"which the group does not have")
+        for name in ("exp_avg", "exp_avg_sq"):
+            value = entry.get(name)
+            if value is not None and (not isinstance(value, Tensor) or value.shape != params[index].shape):
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise CheckpointError(f"checkpoint optimiser state '{name}' of group '{group}' has shape {shape}, "
+                                      f"expected {tuple(params[index].shape)}")
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
