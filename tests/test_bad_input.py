@@ -153,3 +153,16 @@ def test_inconsistent_checkpoints_are_refused_by_evaluate_and_resume(tamper: str
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, err
+
+
+def test_damaged_metrics_record_does_not_block_resume(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main([*train(), "--out", str(out)]) == 0
+    (out / "metrics.jsonl").write_bytes(bytes(range(256)) * 2)  # random bytes: dropped, the run goes on
+    assert main([*train("meta.steps=2"), "--out", str(out), "--resume"]) == 0
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").mkdir()  # a directory in its place: one line, nothing lost
+    capsys.readouterr()
+    assert main([*train("meta.steps=3"), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not a regular file" in err and "\n" not in err

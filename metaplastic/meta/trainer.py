@@ -272,6 +272,9 @@ def train(
     main = parallel is None or parallel.is_main
     run_dir = config.run_dir
     ckpt = run_dir / CHECKPOINT_FILES["last"]
+    for name in ("config.yaml", "metrics.jsonl", *CHECKPOINT_FILES.values()):
+        if (run_dir / name).exists() and not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir / name} is not a regular file: move it away or choose another out_dir")
     if ckpt.exists() and not resume:
         raise ConfigError(
             f"{run_dir} already holds a checkpoint: pass --resume to continue it or choose another out_dir"
