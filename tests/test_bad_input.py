@@ -166,3 +166,16 @@ def test_damaged_metrics_record_does_not_block_resume(tmp_path: Path, capsys) ->
     assert main([*train("meta.steps=3"), "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not a regular file" in err and "\n" not in err
+
+
+def test_curves_of_a_diverged_lifetime_still_plot(tmp_path: Path) -> None:
+    from metaplastic.evaluation.report import plot_curves
+
+    inf, nan = float("inf"), float("nan")
+    results = {
+        "diverged": {o: {"curve": [inf, nan, inf], "curve_se": [nan, nan, nan]} for o in ("continual", "iid")},
+        "partly": {o: {"curve": [1.0, inf, 0.5], "curve_se": [0.1, nan, 0.2]} for o in ("continual", "iid")},
+        "fine": {o: {"curve": [2.0, 1.0, 0.5], "curve_se": [0.1, 0.1, 0.1]} for o in ("continual", "iid")},
+    }
+    plot_curves(results, tmp_path / "curves.png", title="x")
+    assert (tmp_path / "curves.png").stat().st_size > 0

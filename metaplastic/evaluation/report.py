@@ -66,10 +66,17 @@ def plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str = "")
             r = res.get(order)
             if not r:
                 continue
-            k = list(range(1, len(r["curve"]) + 1))
-            lo = [m - s for m, s in zip(r["curve"], r["curve_se"])]
-            hi = [m + s for m, s in zip(r["curve"], r["curve_se"])]
-            (line,) = ax.plot(k, r["curve"], marker="o", ms=3, label=name)
+            # a diverged lifetime has inf/NaN points: plot the finite ones (log scale needs > 0)
+            points = [(i + 1, m, s) for i, (m, s) in enumerate(zip(r["curve"], r["curve_se"]))
+                      if math.isfinite(m) and m > 0]
+            if not points:
+                ax.plot([], [], label=f"{name} (diverged)")
+                continue
+            k, curve, se = zip(*points)
+            lo = [max(m - s, m * 1e-3) for m, s in zip(curve, se)]
+            hi = [m + s if math.isfinite(s) else m for m, s in zip(curve, se)]
+            label = name if len(points) == len(r["curve"]) else f"{name} (diverged points left out)"
+            (line,) = ax.plot(k, curve, marker="o", ms=3, label=label)
             ax.fill_between(k, lo, hi, color=line.get_color(), alpha=0.2)
         ax.set_title(f"{order}: {label}")
         ax.set_xlabel("functions learned")
