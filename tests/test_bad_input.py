@@ -179,3 +179,18 @@ def test_curves_of_a_diverged_lifetime_still_plot(tmp_path: Path) -> None:
     }
     plot_curves(results, tmp_path / "curves.png", title="x")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset_options={digits: {bogus: 1}}", "dataset_options.digits.bogus"),
+    ("dataset_options={digits: {test_fraction: 2.0}}", "test_fraction must lie in (0, 1)"),
+    ("linear_lr=.nan", "linear_lr is not a number"),
+    ("linear_lr=.inf", "linear_lr is infinite"),
+    ("linear_lr=-1", "linear_lr must be > 0"),
+])
+def test_compare_bad_options(override: str, message: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(ROOT / "experiments" / "compare.yaml"), override, "epochs=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not any(tmp_path.iterdir())

@@ -8,7 +8,7 @@ task stream sees the same numbers for the same seed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -84,9 +84,28 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> ArrayDataset:
 ARRAY_DATASETS: dict[str, Callable[..., ArrayDataset]] = {"digits": load_digits, "mnist1d": load_mnist1d}
 
 
-def load_array_dataset(name: str, **kwargs) -> ArrayDataset:
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """The options a loader takes, with sensible values: before anything runs or is written."""
+    import inspect
+
     try:
         loader = ARRAY_DATASETS[name]
     except KeyError:
         raise ConfigError(f"unknown dataset '{name}' (known: {', '.join(sorted(ARRAY_DATASETS))})") from None
-    return loader(**kwargs)
+    known = inspect.signature(loader).parameters
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(f"unknown key 'dataset_options.{name}.{key}' (options of {name}: {', '.join(known)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"dataset_options.{name}.{key} must be a number, got {value!r}")
+    fraction = options.get("test_fraction")
+    if fraction is not None and not 0.0 < fraction < 1.0:
+        raise ConfigError(f"dataset_options.{name}.test_fraction must lie in (0, 1), got {fraction}")
+    samples = options.get("num_samples")
+    if samples is not None and samples < 10:
+        raise ConfigError(f"dataset_options.{name}.num_samples must be >= 10, got {samples}")
+
+
+def load_array_dataset(name: str, **kwargs) -> ArrayDataset:
+    check_dataset_options(name, kwargs)
+    return ARRAY_DATASETS[name](**kwargs)

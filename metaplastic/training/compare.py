@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from metaplastic.config import _read_yaml, apply_overrides
-from metaplastic.config_utils import build_dataclass, to_plain
-from metaplastic.data.arrays import ARRAY_DATASETS, load_array_dataset
+from metaplastic.config_utils import build_dataclass, check_finite_numbers, to_plain
+from metaplastic.data.arrays import ARRAY_DATASETS, check_dataset_options, load_array_dataset
 from metaplastic.errors import ConfigError, DivergenceError
 from metaplastic.evaluation.checkpoint_eval import rule_label
 from metaplastic.evaluation.report import write_json
@@ -54,6 +54,13 @@ class CompareConfig:
         for d in (*self.datasets, *self.dataset_options):
             if d not in ARRAY_DATASETS:
                 raise ConfigError(f"unknown dataset '{d}' (known: {', '.join(sorted(ARRAY_DATASETS))})")
+        check_finite_numbers(to_plain(self))
+        if not self.linear_lr > 0:
+            raise ConfigError(f"linear_lr must be > 0, got {self.linear_lr}")
+        for d, options in self.dataset_options.items():
+            if not isinstance(options, dict):
+                raise ConfigError(f"dataset_options.{d} must be a mapping of loader options, got {options!r}")
+            check_dataset_options(d, options)
         MLP.build([1, *self.hidden, 1], self.activation)
         labels = [label for label, _ in self.built_rules()]
         if len(set(labels)) != len(labels):
