@@ -194,3 +194,9 @@ def test_compare_bad_options(override: str, message: str, tmp_path: Path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_overrides_after_options_are_overrides(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", QUICK, *FAST, "--out", str(out), "--no-progress", "--wandb", "disabled", "meta.steps=2"]) == 0
+    assert "for 2 steps" in capsys.readouterr().out
