@@ -144,3 +144,18 @@ def test_resolve_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="WANDB_MODE"):
         resolve_mode()
     assert main(["train", "no-such.yaml", "--wandb", "disabled"]) == 2
+
+
+def test_local_record_has_no_repeated_steps_after_a_resume(tmp_path) -> None:
+    import json
+
+    from metaplastic.tracking.local import LocalTracker
+
+    first = LocalTracker(tmp_path)
+    for s in range(1, 6):
+        first.log({"x": float(s)}, step=s)
+    resumed = LocalTracker(tmp_path)  # the run resumed from its checkpoint at step 2
+    for s in range(3, 5):
+        resumed.log({"x": 10.0 * s}, step=s)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[2]["x"] == 30.0

@@ -28,13 +28,32 @@ class LocalTracker:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / "config.json", json.dumps(config or {}, indent=2, default=str) + "\n")
         self._summary: dict[str, Any] = {}
+        self._first_step = True
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
         with (self.folder / name).open("a") as f:
             f.write(json.dumps(row, default=str) + "\n")
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._first_step and step is not None:  # a resumed run redoes the steps after its checkpoint
+            self._drop_from(step)
+        self._first_step = False
         self._append("metrics.jsonl", {"step": step, **metrics})
+
+    def _drop_from(self, step: int) -> None:
+        """Forget records of ``step`` and later, so no step appears twice in the record."""
+        path = self.folder / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+                kept.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def table(self, name: str, rows: list[dict[str, Any]]) -> None:
         path = self.folder / "tables" / f"{_safe(name)}.json"
