@@ -148,3 +148,29 @@ def test_missing_or_non_archive_paths(tmp_path: Path) -> None:
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(DataError, match="no Omniglot classes"):
         load_omniglot(tmp_path / "emptydir", cache_dir=tmp_path)
+
+
+def test_corrupt_member_and_odd_files_are_clear(tmp_path: Path) -> None:
+    import os
+
+    from metaplastic.errors import DataError
+
+    files = layout({"Aa": 2}, 3)
+    archive = write_zip(tmp_path / "images_background.zip", "images_background", files)
+    raw = bytearray(archive.read_bytes())
+    first = files[sorted(files)[0]]
+    at = raw.find(first)
+    raw[at + len(first) // 2] ^= 0xFF  # one flipped byte inside a stored member: its CRC fails
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="cannot read Omniglot drawing"):
+        load_omniglot(archive, image_size=8, cache_dir=tmp_path / "cache")
+
+    folder = tmp_path / "extracted"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    char = folder / "Aa" / "character01"
+    (char / "x.png").mkdir()  # a folder named like a drawing
+    os.symlink(tmp_path / "missing.png", char / "dangling.png")
+    data = load_omniglot(folder, image_size=8, cache_dir=tmp_path / "cache2")
+    assert data.images.shape[0] == len(files)

@@ -20,6 +20,7 @@ import hashlib
 import os
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,7 +88,9 @@ def _folder_classes(root: Path) -> dict[str, list[tuple[str, Path, str]]]:
     classes: dict[str, list[tuple[str, Path, str]]] = {}
     for alphabet in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for char in sorted(p for p in alphabet.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = [f for f in char.iterdir() if f.suffix.lower() == ".png" and not f.name.startswith(".")]
+            # regular files only: a folder named x.png or a dangling link is not a drawing
+            files = [f for f in char.iterdir() if f.suffix.lower() == ".png" and not f.name.startswith(".")
+                     and f.is_file()]
             classes[f"{alphabet.name}/{char.name}"] = [(f.name, f, "") for f in files]
     return classes
 
@@ -122,11 +125,15 @@ def _decode_all(archives: list[Path], image_size: int) -> Omniglot:
             if not files:
                 raise DataError(f"empty class folder: {key} (no .png drawings)")
             for _, source, member in files:
-                if member:
-                    zf = zips.setdefault(source, zipfile.ZipFile(source))
-                    data, where = zf.read(member), f"{source}:{member}"
-                else:
-                    data, where = source.read_bytes(), str(source)
+                try:
+                    if member:
+                        zf = zips.setdefault(source, zipfile.ZipFile(source))
+                        data, where = zf.read(member), f"{source}:{member}"
+                    else:
+                        data, where = source.read_bytes(), str(source)
+                except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # bad CRC, corrupt deflate data
+                    place = f"{source}:{member}" if member else str(source)
+                    raise DataError(f"cannot read Omniglot drawing {place}: {e}") from None
                 images.append(_decode(data, where, image_size))
             offsets.append(len(images))
     finally:
