@@ -42,6 +42,10 @@ CASES: dict[str, list[str]] = {
     "feedback_init_scale -1": train("rule.feedback_init_scale=-1"),
     "hidden_multiplier -1": train("rule.hidden_multiplier=-1"),
     "hidden 0": train("network.hidden=[0]"),
+    # sizes that cannot be allocated: refused with the estimate, before anything is built
+    "hidden 2e9": train("network.hidden=[2000000000]"),
+    "meta_batch 1e8": train("meta.meta_batch=100000000"),
+    "batch_size 1e9": train("task.batch_size=1000000000"),
     # wrong types
     "rule name list": train("rule.name=[flp]"),
     "task name mapping": train("task.name={name: sine}"),

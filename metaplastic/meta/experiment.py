@@ -15,6 +15,7 @@ from torch import Tensor
 from metaplastic.config import ExperimentConfig, UnrollConfig
 from metaplastic.errors import ConfigError
 from metaplastic.losses import Loss, get_loss
+from metaplastic.meta.memory import check_fits
 from metaplastic.meta.objective import meta_loss
 from metaplastic.meta.plastic_conv import LR_PREFIX, conv_lr_init, plastic_conv_meta_loss
 from metaplastic.networks import MLP, bias_key, weight_key
@@ -74,6 +75,7 @@ class Experiment:
                     f"got mode '{unroll.mode}'{' with compile' if unroll.compile else ''}"
                 )
         sizes = [n_in or task.n_inputs, *config.network.hidden, task.n_outputs]
+        check_fits(sizes, task, config.meta.meta_batch, config.torch_dtype, torch.device(config.device))
         plastic = list(config.network.plastic) if config.network.plastic is not None else None
         net = MLP.build(sizes, config.network.activation, config.network.output_activation, plastic)
         if config.network.reset_output and not net.layers[-1].plastic:
