@@ -204,3 +204,28 @@ def test_overrides_after_options_are_overrides(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["train", QUICK, *FAST, "--out", str(out), "--no-progress", "--wandb", "disabled", "meta.steps=2"]) == 0
     assert "for 2 steps" in capsys.readouterr().out
+
+
+def test_full_or_read_only_filesystem_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+
+    from metaplastic.meta import checkpoint
+
+    out = tmp_path / "run"
+    assert main([*train(), "--out", str(out)]) == 0
+    capsys.readouterr()
+    real = checkpoint.atomic_write_bytes
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr("metaplastic.evaluation.report.atomic_write_bytes", full_disk, raising=False)
+    monkeypatch.setattr("metaplastic.meta.checkpoint.atomic_write_bytes", full_disk)
+    for argv in ([*train("meta.steps=2"), "--out", str(out), "--resume"],
+                 ["evaluate", str(out), "--no-references", "--out", str(tmp_path / "ev")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: cannot write ") and "No space left" in err and "\n" not in err, err
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", real)
+    assert main([*train("meta.steps=2"), "--out", str(out), "--resume"]) == 0  # nothing was lost

@@ -244,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     except MetaplasticError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only or full filesystem, a path that is not a folder: nothing was lost
+        if e.filename is None:
+            raise
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+        print(f"error: cannot write {where}: {e.strerror or e}; checkpoints already written are intact",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
         return 130
