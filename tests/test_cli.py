@@ -195,3 +195,54 @@ def test_suite_reports_a_diverged_run_instead_of_stopping(tmp_path: Path) -> Non
     before = (out / "bad" / "results.json").stat().st_mtime_ns
     assert main(["suite", str(suite), "--out", str(out), "--no-progress"]) == 0  # not retried
     assert (out / "bad" / "results.json").stat().st_mtime_ns == before
+
+
+def test_sigkill_at_random_moments_resumes_to_the_same_numbers(tmp_path: Path) -> None:
+    """Killed 4 times at seeded random moments (once in start-up, then at a random moment after the
+    process's first step: mid-step or during a checkpoint write, one is written at every step),
+    resumed each time: bitwise the uninterrupted run, the same metrics record, no temp files."""
+    import random
+    import signal
+    import time
+
+    import torch
+
+    from metaplastic.meta.checkpoint import load_checkpoint
+
+    cfg = write(tmp_path / "tiny.yaml", {**TINY, "meta": {**TINY["meta"], "steps": 150, "checkpoint_every": 1}})
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    rng = random.Random(7)
+    at_kill = []
+    for attempt in range(4):
+        args = [sys.executable, "-m", "metaplastic", "train", str(cfg), "--out", str(killed), "--no-progress"]
+        if (killed / "checkpoint.pt").exists():
+            args.append("--resume")
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt == 0:  # during start-up
+            time.sleep(rng.uniform(0.2, 1.0))
+        else:  # once this process has trained a step, at a random moment of its steps and writes
+            before = at_kill[-1] or 0
+            deadline = time.time() + 60
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    if load_checkpoint(killed / "checkpoint.pt")["step"] > before:
+                        break
+                except Exception:  # not there yet, or being replaced
+                    pass
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = killed / "checkpoint.pt"
+        at_kill.append(load_checkpoint(ckpt)["step"] if ckpt.exists() else None)
+    assert sum(s is not None and s < 150 for s in at_kill) >= 2, at_kill  # killed mid-run
+    assert main(["train", str(cfg), "--out", str(killed), "--no-progress",
+                 *(["--resume"] if (killed / "checkpoint.pt").exists() else [])]) == 0
+    assert main(["train", str(cfg), "--out", str(whole), "--no-progress"]) == 0
+    a, b = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
+    assert a["step"] == b["step"] == 150
+    for key in a["meta"]:
+        assert torch.equal(a["meta"][key], b["meta"][key]), key
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert not list(killed.glob(".*.tmp"))
