@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 
-from metaplastic.config_utils import build_dataclass, check_finite_numbers, to_plain
+from metaplastic.config_utils import build_dataclass, check_finite_numbers, read_yaml_mapping, to_plain
 from metaplastic.errors import ConfigError
 from metaplastic.params import GROUPS
 from metaplastic.schedules import ALL_GROUPS, ScheduleConfig
@@ -219,27 +219,13 @@ class ExperimentConfig:
 
 
 def _read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    if not path.is_file():
-        raise ConfigError(f"config {path} is not a regular file")
     resolved = path.resolve()
     if resolved in _chain:
         raise ConfigError(f"config {path} inherits from itself through 'base:'")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = " ".join(str(getattr(e, "problem", e)).split())  # one line, whatever YAML says
-        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
-    if data is None or data == {}:
+    data = read_yaml_mapping(path, "config")
+    if not data:
         # an empty file would silently train the built-in defaults: a paper-size network
         raise ConfigError(f"config {path} is empty: give at least a task, network or rule (see experiments/)")
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
         merged = _read_yaml((path.parent / str(base)).resolve(), (*_chain, resolved))

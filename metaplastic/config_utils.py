@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Union
 
 from metaplastic.errors import ConfigError
@@ -85,6 +86,31 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return str(value)
         raise ConfigError(f"{path}: expected a string, got {value!r}")
     return value
+
+
+def read_yaml_mapping(path: Path, kind: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (``{}`` for an empty one), or a one-line ConfigError
+    naming the ``kind`` of file: configs, suites and sweeps are read alike."""
+    import yaml
+
+    if not path.exists():
+        raise ConfigError(f"{kind} file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{kind} {path} is not a regular file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {kind} {path}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", e)).split())  # one line, whatever YAML says
+        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} {path} must be a mapping at the top level")
+    return data
 
 
 def build_dataclass(cls: type, data: Any, path: str) -> Any:

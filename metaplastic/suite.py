@@ -24,10 +24,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from metaplastic.config import load_config
-from metaplastic.config_utils import build_dataclass
+from metaplastic.config_utils import build_dataclass, read_yaml_mapping
 from metaplastic.errors import ConfigError, DivergenceError, MetaplasticError
 
 
@@ -56,16 +54,7 @@ class RunSpec:
 
 
 def load_suite(path: Path) -> SuiteConfig:
-    if not path.is_file():
-        raise ConfigError(f"suite file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read suite {path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in {path}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"suite {path} must be a mapping")
+    data = read_yaml_mapping(path, "suite")
     data.setdefault("name", path.stem)
     suite = build_dataclass(SuiteConfig, data, "suite")
     if not suite.runs:

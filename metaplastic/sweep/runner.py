@@ -113,30 +113,28 @@ def _init_ray(address: str | None) -> None:
         raise ConfigError(f"cannot start {where}: {str(e).strip().splitlines()[0]}") from None
 
 
-class _Progress:
+def progress_callback(total: int, metric: str, seeds: tuple[int, ...]) -> Any:
     """A Ray Tune callback printing one line per finished trial (Ray's own reporter is off)."""
+    from ray.tune import Callback
 
-    def __new__(cls, total: int, metric: str, seeds: tuple[int, ...]):
-        from ray.tune import Callback
+    class Progress(Callback):
+        def __init__(self) -> None:
+            self.done = 0
 
-        class Progress(Callback):
-            def __init__(self) -> None:
-                self.done = 0
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            value = (trial.last_result or {}).get(metric)
+            params = {k: v for k, v in trial.config.items() if k != TRIAL_INDEX}
+            if TRIAL_INDEX in trial.config:
+                params["seed"] = seeds[int(trial.config[TRIAL_INDEX]) % len(seeds)]
+            print(f"[{self.done}/{total}] {metric}={value} {params}", file=sys.stderr, flush=True)
 
-            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                self.done += 1
-                value = (trial.last_result or {}).get(metric)
-                params = {k: v for k, v in trial.config.items() if k != TRIAL_INDEX}
-                if TRIAL_INDEX in trial.config:
-                    params["seed"] = seeds[int(trial.config[TRIAL_INDEX]) % len(seeds)]
-                print(f"[{self.done}/{total}] {metric}={value} {params}", file=sys.stderr, flush=True)
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            print(f"[{self.done}/{total}] trial failed: {trial.config} (see {trial.local_path})",
+                  file=sys.stderr, flush=True)
 
-            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                self.done += 1
-                print(f"[{self.done}/{total}] trial failed: {trial.config} (see {trial.local_path})",
-                      file=sys.stderr, flush=True)
-
-        return Progress()
+    return Progress()
 
 
 def run_sweep(
@@ -178,7 +176,7 @@ def run_sweep(
                                     {"cpu": res.cpu, "gpu": res.gpu})
     total = trial_count(sweep)
     run_config = tune.RunConfig(name=RAY_DIR, storage_path=str(out_dir), verbose=0,
-                                callbacks=[_Progress(total, sweep.metric, sweep.seeds)],
+                                callbacks=[progress_callback(total, sweep.metric, sweep.seeds)],
                                 failure_config=tune.FailureConfig(max_failures=0))
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(str(ray_dir)):

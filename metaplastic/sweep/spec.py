@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from metaplastic.config import ExperimentConfig, load_config
-from metaplastic.config_utils import build_dataclass
+from metaplastic.config_utils import build_dataclass, read_yaml_mapping
 from metaplastic.errors import ConfigError, MetaplasticError
 
 KINDS = ("grid", "choice", "uniform", "loguniform")
@@ -52,10 +52,6 @@ class Dimension:
     @property
     def is_range(self) -> bool:
         return self.kind in ("uniform", "loguniform")
-
-    def examples(self) -> tuple[Any, ...]:
-        """Values that cover what a trial can receive (both ends of a range)."""
-        return self.values
 
 
 @dataclass(frozen=True)
@@ -126,16 +122,7 @@ def point_overrides(params: dict[str, Any]) -> list[str]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read sweep {path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in {path}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"sweep {path} must be a mapping with base, space and metric")
+    data = read_yaml_mapping(path, "sweep")
     data.setdefault("name", path.stem)
     for key in ("base", "space"):
         if key not in data:
@@ -208,7 +195,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     base = _build(base_path, list(all_overrides), path)
     seeds = tuple(spec.seeds) if spec.seeds is not None else (base.seed,)
     for dim in dims:  # every value a trial can get must build
-        for value in dim.examples():
+        for value in dim.values:  # a range's values are its two ends
             _build(base_path, [*all_overrides, *point_overrides({dim.key: value})], path)
     metric, mode = _metric(spec, base, path)
     if spec.scheduler is not None:
