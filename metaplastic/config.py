@@ -120,6 +120,10 @@ class MetaConfig:
     # on validate_episodes fixed held-out episodes; the best are kept in best.pt.
     validate_every: int | None = None
     validate_episodes: int = 20
+    # Classification: the class counts validation scores at; null: those of eval.classes that
+    # the validation split holds (a validation split is small: 27 classes for 20% of Omniglot's
+    # background characters, so 50 or 100 cannot be drawn from it).
+    validate_classes: tuple[int, ...] | None = None
     # Learning-rate schedule per meta-parameter group (key 'all' for every group without its own).
     schedule: dict[str, ScheduleConfig] = field(default_factory=dict)
 
@@ -130,6 +134,10 @@ class MetaConfig:
             raise ConfigError(f"meta.validate_every must be >= 1 or null, got {self.validate_every}")
         if self.validate_episodes < 1:
             raise ConfigError(f"meta.validate_episodes must be >= 1, got {self.validate_episodes}")
+        if self.validate_classes is not None and (not self.validate_classes or min(self.validate_classes) < 1):
+            raise ConfigError(
+                f"meta.validate_classes must list numbers of classes >= 1 or be null, got {list(self.validate_classes)}"
+            )
         unknown_schedule = sorted(set(self.schedule) - set(GROUPS) - {ALL_GROUPS})
         if unknown_schedule:
             raise ConfigError(

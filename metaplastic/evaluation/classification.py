@@ -84,8 +84,10 @@ def evaluate_classification(
     episodes: int | None = None,
     orders: tuple[str, ...] = ORDERS,
     predictions: dict[str, np.ndarray] | None = None,
+    classes: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """{order: {"classes", "accuracy", "ci95", "chance", "runs"}} over ``eval.classes``, on
+    """{order: {"classes", "accuracy", "ci95", "chance", "runs"}} over ``classes`` (default
+    ``eval.classes``), on
     ``episodes`` (default ``eval.episodes``) lifetimes of ``split`` drawn from ``seed``
     (default ``eval.seed``). A ``predictions`` dict receives, per order and N, every query's
     ``{order}_{N}_logits`` (runs, Q, units), ``_prediction`` and ``_label`` (runs, Q) units, so
@@ -95,11 +97,12 @@ def evaluate_classification(
     dtype = exp.config.torch_dtype
     n_runs = episodes or ev.episodes
     seed = ev.seed if seed is None else seed
+    counts = tuple(classes or ev.classes)
     results: dict[str, Any] = {}
     for order in orders:
         task = exp.task.with_order(order)
         acc, ci = [], []
-        for n in ev.classes:
+        for n in counts:
             g = seeded_generator(seed, n)
             runs: list[float] = []
             kept: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -118,10 +121,10 @@ def evaluate_classification(
             acc.append(m)
             ci.append(h)
         results[order] = {
-            "classes": list(ev.classes),
+            "classes": list(counts),
             "accuracy": acc,
             "ci95": ci,
-            "chance": [1.0 / n for n in ev.classes],
+            "chance": [1.0 / n for n in counts],
             "runs": n_runs,
             "readout": ev.readout,
             "label_map": ev.label_map,

@@ -5,7 +5,8 @@ stream's and the test episodes'); classification draws them from the validation 
 (``task.validation_fraction`` of the training classes), never from the test split. The metric
 is the one the evaluation reports, in the task's presentation order: MSE after the whole stream
 (regression, lower is better) or the accuracy averaged over ``eval.classes`` (classification,
-higher is better), with the accuracy at each class count logged beside it.
+higher is better), with the accuracy at each class count logged beside it. The class counts
+are ``meta.validate_classes``, by default those of ``eval.classes`` the validation split holds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from metaplastic.errors import ConfigError
 from metaplastic.meta.experiment import Experiment
 
 VALIDATION_SEED_OFFSET = 2  # eval.seed: test episodes; eval.seed + 1: the SGD reference's step-size pick
@@ -31,10 +33,33 @@ def _is_classification(experiment: Experiment) -> bool:
     return getattr(experiment.task, "name", None) == "classification"
 
 
+def validation_classes(experiment: Experiment) -> tuple[int, ...]:
+    """The class counts validation scores at: ``meta.validate_classes``, else those of
+    ``eval.classes`` the validation split holds; a ConfigError when none can be drawn."""
+    cfg = experiment.config
+    available = experiment.task.pool("validation").n_classes
+    wanted = cfg.meta.validate_classes
+    if wanted is not None:
+        too_many = [n for n in wanted if n > available]
+        if too_many:
+            raise ConfigError(
+                f"meta.validate_classes asks for {too_many[0]} classes but the validation split has {available} "
+                "(raise task.validation_fraction or lower meta.validate_classes)"
+            )
+        return tuple(wanted)
+    fitting = tuple(n for n in cfg.eval.classes if n <= available)
+    if not fitting:
+        raise ConfigError(
+            f"the validation split has {available} classes, fewer than every count in eval.classes "
+            f"{list(cfg.eval.classes)}: set meta.validate_classes or raise task.validation_fraction"
+        )
+    return fitting
+
+
 def check_can_validate(experiment: Experiment) -> None:
     """Raise the ConfigError validation would raise, before a run writes anything."""
     if _is_classification(experiment):
-        experiment.task.pool("validation")
+        validation_classes(experiment)
 
 
 @torch.no_grad()
@@ -48,7 +73,10 @@ def validate(experiment: Experiment, meta: dict[str, Tensor]) -> dict[str, float
     if _is_classification(experiment):
         from metaplastic.evaluation.classification import evaluate_classification
 
-        res = evaluate_classification(experiment, meta, split="validation", seed=seed, episodes=n, orders=(order,))
+        res = evaluate_classification(
+            experiment, meta, split="validation", seed=seed, episodes=n, orders=(order,),
+            classes=validation_classes(experiment),
+        )
         acc = res[order]["accuracy"]
         out = {"val/accuracy": sum(acc) / len(acc)}
         out.update({f"val/accuracy@{c}": a for c, a in zip(res[order]["classes"], acc)})
