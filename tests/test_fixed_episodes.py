@@ -22,7 +22,13 @@ from metaplastic.data.images import load_image_folder, preprocess_image
 from metaplastic.data.omniglot import load_omniglot
 from metaplastic.errors import ConfigError, DataError
 from metaplastic.evaluation.classification import episode_accuracy
-from metaplastic.evaluation.episodes_file import build_episodes, evaluate_episode_file, load_episode_file
+from metaplastic.evaluation.episodes_file import (
+    build_episodes,
+    episode_file_references,
+    evaluate_episode_file,
+    load_episode_file,
+)
+from metaplastic.evaluation.nearest import _accuracies
 from metaplastic.meta.experiment import Experiment, seeded_generator
 from metaplastic.meta.trainer import train
 from metaplastic.tasks.classification import ClassificationStream
@@ -135,13 +141,13 @@ def test_image_folder_and_folder_source(tmp_path: Path, monkeypatch: pytest.Monk
 # ---- a tiny image experiment on a folder of generated PNGs --------------------------------------
 
 
-def make_folder(root: Path, n_classes: int = 6, per_class: int = 6, seed: int = 0) -> Path:
+def make_folder(root: Path, n_classes: int = 6, per_class: int = 6, seed: int = 0, noise: float = 0.15) -> Path:
     """Classes with a distinct prototype each, drawings = noisy copies (so learning is possible)."""
     rng = np.random.default_rng(seed)
     for c in range(n_classes):
         proto = rng.random((SIDE, SIDE)) > 0.5
         for j in range(per_class):
-            flip = rng.random((SIDE, SIDE)) < 0.15
+            flip = rng.random((SIDE, SIDE)) < noise
             write_png(root / f"class{c}" / f"{j:02d}.png", np.where(proto ^ flip, 0, 255))
     return root
 
@@ -209,6 +215,26 @@ def test_fixed_episodes_reproduce_the_sampled_ones(images: Path, tmp_path: Path,
     assert res["accuracy"] == pytest.approx(sum(direct) / len(direct))
     assert res["episodes"] == 7 and res["classes"] == [3] * 7 and res["shots"] == [2] * 7
     assert len(res["per_position"]) == 3 and res["per_position_queries"] == [14, 14, 14]
+
+
+def test_references_on_fixed_episodes_match_the_sampled_ones(tmp_path: Path) -> None:
+    noisy = make_folder(tmp_path / "noisy", noise=0.4)  # hard enough that 1-NN makes mistakes
+    exp = Experiment.from_config(config_from_dict(folder_config(noisy, label_map="ordered")))
+    sampled = exp.task.sample(6, seeded_generator(4), split="test", label_map="ordered").to(exp.device, torch.float64)
+    flat = (sampled.x.flatten(1, 2), sampled.y.flatten(1, 2), sampled.query_x.flatten(1, 2),
+            sampled.query_y.flatten(1, 2))
+    nn, proto = (a.tolist() for a in _accuracies(*flat))
+    file = load_episode_file(save_sampled(exp, sampled, tmp_path / "fixed"))
+    refs = episode_file_references(exp, exp.init_meta(), file)
+    assert sorted(refs) == ["1-NN on pixels", "prototypes on pixels"]  # no feature extractor here
+    for key, direct in (("1-NN on pixels", nn), ("prototypes on pixels", proto)):
+        assert refs[key]["continual"]["per_episode"] == pytest.approx(direct) and len(set(direct)) > 1
+        assert refs[key]["iid"] == refs[key]["continual"]
+    # by hand: each query takes the class of the trajectory image at the smallest Euclidean distance
+    xs, ys, qs, qy = (t.numpy() for t in flat)
+    hand = [float(np.mean([ys[t][((xs[t] - q) ** 2).sum(-1).argmin()].argmax() == qy[t][i].argmax()
+                           for i, q in enumerate(qs[t])])) for t in range(len(xs))]
+    assert refs["1-NN on pixels"]["continual"]["per_episode"] == pytest.approx(hand)
 
 
 def test_label_maps_of_fixed_episodes(images: Path, tmp_path: Path) -> None:
@@ -315,7 +341,8 @@ def test_cli_episodes_and_predictions(images: Path, tmp_path: Path, capsys: pyte
     report = json.loads((ev / "evaluation.json").read_text())
     assert report["episodes_file"] == str(file.resolve())
     methods = list(report["results"])
-    assert len(methods) == 2 and "meta-trained" in methods[0] and "untrained" in methods[1]
+    assert "meta-trained" in methods[0] and "untrained" in methods[1]
+    assert methods[2:] == ["1-NN on pixels", "prototypes on pixels"] and "1-NN on pixels" in out
     npz = np.load(ev / "predictions.npz", allow_pickle=False)
     for order in ("continual", "iid"):
         r = report["results"][methods[0]][order]

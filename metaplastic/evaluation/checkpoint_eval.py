@@ -10,7 +10,12 @@ import numpy as np
 from metaplastic.config import apply_overrides, config_from_dict
 from metaplastic.errors import ConfigError
 from metaplastic.evaluation.classification import evaluate_classification, is_classification
-from metaplastic.evaluation.episodes_file import EpisodeFile, evaluate_episode_file, load_episode_file
+from metaplastic.evaluation.episodes_file import (
+    EpisodeFile,
+    episode_file_references,
+    evaluate_episode_file,
+    load_episode_file,
+)
 from metaplastic.evaluation.references import evaluate_online_sgd
 from metaplastic.evaluation.regression import evaluate_rule
 from metaplastic.meta.checkpoint import load_checkpoint
@@ -93,6 +98,7 @@ def evaluate_trained_episodes(
                                                                                       predictions=predictions)}
     if untrained:
         results[f"{label} untrained init"] = evaluate_episode_file(exp, trainer.initial_meta, file)
+        results.update(episode_file_references(exp, trainer.meta, file))
     return results
 
 

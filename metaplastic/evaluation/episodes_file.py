@@ -39,6 +39,7 @@ from torch import Tensor
 
 from metaplastic.errors import ConfigError, DataError
 from metaplastic.evaluation.classification import mean_ci95, predict, query_outputs
+from metaplastic.evaluation.nearest import nearest_predictions
 from metaplastic.meta.experiment import Experiment, seeded_generator
 from metaplastic.tasks import Episodes
 from metaplastic.tasks.classification import ORDERS, assemble_episodes
@@ -258,28 +259,7 @@ def evaluate_episode_file(
             for row, i in enumerate(ids):
                 logits[i], preds[i] = output[row].cpu(), pred[row]
         label = [ep.query_y[0, 0].argmax(-1) for ep, _ in built]
-        correct = [(p == y).to(torch.float64) for p, y in zip(preds, label)]
-        per_episode = [float(c.mean()) for c in correct]
-        n_pos = max(len(ep.classes) for ep in file.episodes)
-        hits, counts = torch.zeros(n_pos, dtype=torch.float64), torch.zeros(n_pos, dtype=torch.float64)
-        for c, (_, position) in zip(correct, built):
-            hits.index_add_(0, position, c)
-            counts.index_add_(0, position, torch.ones_like(c))
-        mean, ci = mean_ci95(per_episode)
-        results[order] = {
-            "episodes": len(built),
-            "accuracy": mean,
-            "ci95": ci,
-            "chance": sum(1.0 / len(ep.classes) for ep in file.episodes) / len(built),
-            "per_episode": per_episode,
-            "per_position": [float(h / n) if n else None for h, n in zip(hits, counts)],
-            "per_position_queries": [int(n) for n in counts],
-            "names": [ep.name for ep in file.episodes],
-            "classes": [len(ep.classes) for ep in file.episodes],
-            "shots": [ep.shots for ep in file.episodes],
-            "readout": ev.readout,
-            "label_map": ev.label_map,
-        }
+        results[order] = _summary(exp, file, built, [(p == y).to(torch.float64) for p, y in zip(preds, label)])
         if predictions is not None:
             predictions[f"{order}_logits"] = torch.cat(logits).numpy()
             predictions[f"{order}_prediction"] = torch.cat(preds).numpy()
@@ -290,6 +270,62 @@ def evaluate_episode_file(
             predictions[f"{order}_image"] = np.array([str(p) for ep in file.episodes for p, _ in ep.query])
             predictions[f"{order}_class"] = np.array([ep.classes[c] for ep in file.episodes for _, c in ep.query])
     return results
+
+
+def _summary(
+    experiment: Experiment, file: EpisodeFile, built: list[tuple[Episodes, Tensor]], correct: list[Tensor]
+) -> dict[str, Any]:
+    """Accuracy (mean over episodes, 95% t-interval), per episode and per class position, from
+    each episode's per-query correctness."""
+    ev = experiment.config.eval
+    per_episode = [float(c.mean()) for c in correct]
+    n_pos = max(len(ep.classes) for ep in file.episodes)
+    hits, counts = torch.zeros(n_pos, dtype=torch.float64), torch.zeros(n_pos, dtype=torch.float64)
+    for c, (_, position) in zip(correct, built):
+        hits.index_add_(0, position, c)
+        counts.index_add_(0, position, torch.ones_like(c))
+    mean, ci = mean_ci95(per_episode)
+    return {
+        "episodes": len(built),
+        "accuracy": mean,
+        "ci95": ci,
+        "chance": sum(1.0 / len(ep.classes) for ep in file.episodes) / len(built),
+        "per_episode": per_episode,
+        "per_position": [float(h / n) if n else None for h, n in zip(hits, counts)],
+        "per_position_queries": [int(n) for n in counts],
+        "names": [ep.name for ep in file.episodes],
+        "classes": [len(ep.classes) for ep in file.episodes],
+        "shots": [ep.shots for ep in file.episodes],
+        "readout": ev.readout,
+        "label_map": ev.label_map,
+    }
+
+
+@torch.no_grad()
+def episode_file_references(
+    experiment: Experiment, meta: dict[str, Tensor], file: EpisodeFile
+) -> dict[str, dict[str, Any]]:
+    """1-NN and class prototypes (``evaluation.nearest``) on the file's episodes, on pixels and,
+    for a run with a feature extractor, on its meta-trained frozen features: how much the
+    features offer at these shots. Order does not matter to them; both orders get the same row."""
+    exp = experiment
+    dtype = exp.config.torch_dtype
+    built = build_episodes(exp, file, "continual")
+    spaces = ["pixels"] + (["meta-trained features"] if exp.encoder is not None else [])
+    correct: dict[str, list[Tensor]] = {f"{rule} on {space}": [] for space in spaces for rule in ("1-NN", "prototypes")}
+    for episodes, _ in built:
+        raw = episodes.to(exp.device, dtype)
+        truth = raw.query_y[0, 0].argmax(-1).cpu()
+        for space in spaces:
+            ep = raw if space == "pixels" else exp.encode(meta, raw)
+            nn_unit, proto_unit = nearest_predictions(ep.x.flatten(1, 2), ep.y.flatten(1, 2), ep.query_x.flatten(1, 2))
+            correct[f"1-NN on {space}"].append((nn_unit[0].cpu() == truth).to(torch.float64))
+            correct[f"prototypes on {space}"].append((proto_unit[0].cpu() == truth).to(torch.float64))
+    out = {}
+    for key, rows in correct.items():
+        row = _summary(exp, file, built, rows)
+        out[key] = {order: row for order in ORDERS}
+    return out
 
 
 def format_episode_table(results: dict[str, dict[str, Any]], file: str | Path = "") -> str:

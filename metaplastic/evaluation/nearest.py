@@ -26,15 +26,22 @@ from metaplastic.tasks import Episodes
 from metaplastic.tasks.classification import ORDERS
 
 
-def _accuracies(support: Tensor, support_y: Tensor, query: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-episode 1-NN and prototype accuracy; support (T, S, D), labels one-hot (T, S, C)."""
+def nearest_predictions(support: Tensor, support_y: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+    """Predicted units (T, Q) of 1-NN and of the nearest prototype; support (T, S, D) with one-hot
+    labels (T, S, C), query (T, Q, D)."""
     dist = torch.cdist(query, support)  # (T, Q, S)
-    nn_label = support_y.argmax(-1).gather(1, dist.argmin(-1))
+    nn_unit = support_y.argmax(-1).gather(1, dist.argmin(-1))
     counts = support_y.sum(1)  # (T, C)
     protos = support_y.transpose(1, 2) @ support / counts.clamp_min(1).unsqueeze(-1)  # (T, C, D)
     pdist = torch.cdist(query, protos).masked_fill((counts == 0).unsqueeze(1), float("inf"))
+    return nn_unit, pdist.argmin(-1)
+
+
+def _accuracies(support: Tensor, support_y: Tensor, query: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-episode 1-NN and prototype accuracy."""
+    nn_unit, proto_unit = nearest_predictions(support, support_y, query)
     truth = query_y.argmax(-1)
-    return (nn_label == truth).double().mean(-1), (pdist.argmin(-1) == truth).double().mean(-1)
+    return (nn_unit == truth).double().mean(-1), (proto_unit == truth).double().mean(-1)
 
 
 def _flatten(episodes: Episodes) -> tuple[Tensor, Tensor, Tensor, Tensor]:
