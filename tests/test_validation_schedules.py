@@ -264,6 +264,35 @@ def test_classification_is_validated_on_its_validation_split(tmp_path):
     assert not (tmp_path / "no_split").exists()  # refused before anything was written
 
 
+def test_validation_scores_at_the_class_counts_its_split_holds(tmp_path):
+    from metaplastic.evaluation.validation import validation_classes
+
+    base = {
+        "name": "cls", "seed": 1, "dtype": "float64",
+        "task": {"name": "classification", "source": "digits", "n_classes": 3, "shots": 2, "query_per_class": 2,
+                 "n_outputs": 20, "validation_fraction": 0.2},
+        "network": {"hidden": [6], "activation": "tanh"},
+        "rule": {"name": "sgd", "lr_init": 0.1},
+        "meta": {"steps": 1, "meta_batch": 2, "validate_every": 1, "validate_episodes": 2, "lr": {"init": 1e-2}},
+        "eval": {"classes": [2, 3, 15], "batch": 3},  # the digits' validation split has 10 classes
+    }
+    exp = Experiment.from_config(config_from_dict(base))
+    assert validation_classes(exp) == (2, 3)
+    assert set(validate(exp, exp.init_meta())) == {"val/accuracy", "val/accuracy@2", "val/accuracy@3"}
+    chosen = config_from_dict({**base, "meta": {**base["meta"], "validate_classes": [4]}})
+    assert validation_classes(Experiment.from_config(chosen)) == (4,)
+    for meta, match in (({"validate_classes": [11]}, "validate_classes asks for 11 classes but the validation "
+                         "split has 10"), ({}, "fewer than every count")):
+        cfg = {**base, "out_dir": str(tmp_path / "refused"), "meta": {**base["meta"], **meta}}
+        if not meta:
+            cfg["eval"] = {"classes": [12, 15], "batch": 3}
+        with pytest.raises(ConfigError, match=match):
+            train(config_from_dict(cfg), progress=False)
+        assert not (tmp_path / "refused").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="validate_classes must list"):
+        config_from_dict({**base, "meta": {**base["meta"], "validate_classes": [0]}})
+
+
 # ---- nearest-neighbour references ------------------------------------------------------------
 def test_nearest_neighbour_and_prototype_rules_by_hand():
     from metaplastic.evaluation.nearest import _accuracies
