@@ -9,7 +9,8 @@ best one); a finished run whose results file matches its checkpoint is not evalu
 killed suite continues where it stopped. ``jobs`` > 1 trains that many runs at once in separate
 processes (one thread each unless ``threads`` says otherwise); every run is seeded by its own
 config, so the numbers do not depend on ``jobs``. With seeds, the suite table gives the mean
-over seeds with a 95% Student-t interval (``metaplastic.evaluation.aggregate``).
+over seeds with a 95% Student-t interval (``metaplastic.evaluation.aggregate``). A killed
+suite takes its workers with it (``metaplastic.meta.worker_guard``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from metaplastic.config import load_config
 from metaplastic.config_utils import build_dataclass, read_yaml_mapping
 from metaplastic.errors import ConfigError, DivergenceError, MetaplasticError
+from metaplastic.meta.worker_guard import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -247,19 +249,22 @@ def run_suite(
             _log_run(log, records[spec.key])
     else:
         per_job = threads or max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {spec.key: pool.submit(run_one, spec, suite.references, False, per_job) for spec in specs}
             for spec in specs:
                 try:
                     records[spec.key] = futures[spec.key].result()
                 except MetaplasticError as e:
+                    pool.shutdown(wait=True, cancel_futures=True)  # the runs in flight finish; no new one starts
                     raise type(e)(f"{spec.key}: {e}") from None
                 _log_run(log, records[spec.key])
     references = {}
     if suite.references and specs:
-        first = load_config(specs[0].config_path, list(specs[0].overrides))
-        experiment = Experiment.from_config(first)
-        if getattr(experiment.task, "name", None) != "classification":
+        # online SGD trains the network of the first run that has one (memory learners have none)
+        experiments = (Experiment.from_config(load_config(s.config_path, list(s.overrides))) for s in specs)
+        experiment = next((e for e in experiments if e.net is not None), None)
+        if experiment is not None and getattr(experiment.task, "name", None) != "classification":
             references["online SGD, random init"] = evaluate_online_sgd(experiment)
     summary = aggregate_runs(records, references)
     write_suite_outputs(out, suite.name, records, summary, log)

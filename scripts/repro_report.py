@@ -46,6 +46,9 @@ def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
     data = json.loads((suite_dir / "results.json").read_text())
     methods = data["summary"]["methods"]
     runs = data["runs"]
+    first = next(iter(methods.values()))["last"]
+    if "accuracy" in next(iter(first.values())):
+        return classification_tables(data, pairs)
     lines = [f"### {data['suite']}", ""]
     lines += ["| learner | checkpoint | continual MSE | i.i.d. MSE | seeds |", "|---|---|---|---|---|"]
     for label, entry in methods.items():
@@ -119,7 +122,13 @@ def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
             lines.append(f"| {a} − {b} | {cells[0]} | {cells[1]} |")
         lines.append("")
 
-    lines += ["Wall time per run in seconds (the `train` call of the session that trained it, validation "
+    lines += wall_time_table(methods, runs)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def wall_time_table(methods: dict[str, Any], runs: dict[str, Any]) -> list[str]:
+    lines = ["Wall time per run in seconds (the `train` call of the session that trained it, validation "
               "included; diverged runs: mean logged seconds per meta-step x steps). Several runs shared the "
               "2-core machine at every moment (2 to 5 processes), so these are upper bounds of a run alone:", ""]
     lines += ["| learner | meta-steps (evaluated checkpoint) | diverged at meta-step | wall seconds per run "
@@ -137,6 +146,110 @@ def suite_tables(suite_dir: Path, pairs: list[tuple[str, str]]) -> str:
         best = ", ".join(str(s) for s in entry.get("best_steps", [])) or "-"
         div = ", ".join("-" if s is None else str(s) for s in entry.get("diverged_at", [])) or "-"
         lines.append(f"| {label} | {', '.join(str(s) for s in entry['steps'])} | {div} | {', '.join(walls)} | {best} |")
+    return lines
+
+
+def classification_tables(data: dict[str, Any], pairs: list[tuple[str, str]]) -> str:
+    """Accuracy vs classes learned per learner and checkpoint, the nearest-neighbour and prototype
+    references on pixels and on each learner's own frozen features, the gap between a learner and
+    1-NN on its features, validation accuracy over meta-steps, paired differences, wall times."""
+    methods, runs = data["summary"]["methods"], data["runs"]
+    first = next(iter(methods.values()))["last"]
+    classes = first[next(iter(first))]["classes"]
+    head = "| " + " | ".join(f"{n} classes" for n in classes) + " |"
+    rule = "---|" * len(classes)
+    lines = [f"### {data['suite']}", "", "Accuracy on held-out samples of every class learned, after the whole "
+             "stream, at each number of classes learned:", "",
+             "| learner | checkpoint | order " + head, "|---|---|---|" + rule]
+    for label, entry in methods.items():
+        for which in ("last", "best", "untrained"):
+            res = entry.get(which)
+            if not res:
+                continue
+            name = {"last": "last", "best": "best by validation", "untrained": "untrained init"}[which]
+            for order in ORDERS:
+                if order in res:
+                    cells = [fmt(c["per_seed"]) for c in res[order]["accuracy"]]
+                    lines.append(f"| {label} | {name} | {order} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± half-width of the 95% Student-t interval over seeds (per-seed values in brackets); "
+              "each per-seed value is the mean over the same held-out test episodes (alphabets never seen "
+              "in meta-training).", ""]
+
+    lines += ["Non-plastic references on the same episodes (1-NN: nearest trajectory sample; prototypes: "
+              "nearest class mean), on pixels and on each learner's own meta-trained frozen features:", "",
+              "| features of | reference " + head, "|---|---|" + rule]
+    pixels_done = False
+    for label, entry in methods.items():
+        for name, ref in entry.get("references", {}).items():
+            if "pixels" in name:
+                if pixels_done:
+                    continue
+                owner = "(pixels: the same for all)"
+            else:
+                owner = label
+            cells = [fmt(c["per_seed"]) for c in ref["continual"]["accuracy"]]
+            lines.append(f"| {owner} | {name} | " + " | ".join(cells) + " |")
+        pixels_done = pixels_done or any("pixels" in n for n in entry.get("references", {}))
+    lines.append("")
+
+    by_key = {(r["label"], r["seed"]): r for r in runs.values()}
+    gap_rows = []
+    for label, entry in methods.items():
+        cells = []
+        for i in range(len(classes)):
+            diffs = []
+            for seed in entry["seeds"]:
+                record = by_key.get((label, seed))
+                refs = (record or {}).get("last", {}).get("references", {})
+                nn = refs.get("1-NN on meta-trained features")
+                if record and nn:
+                    diffs.append(record["last"]["trained"]["continual"]["accuracy"][i] - nn["continual"]["accuracy"][i])
+            cells.append(fmt(diffs) if diffs else "-")
+        if any(c != "-" for c in cells):
+            gap_rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if gap_rows:
+        lines += ["Learner (continual order) minus 1-NN on its own frozen features, paired by seed (negative: the "
+                  "plastic layers use less of the features' information than a lookup table):", "",
+                  "| learner " + head, "|---|" + rule, *gap_rows, ""]
+
+    val_rows, marks = [], []
+    longest = max((c["step"] for e in methods.values() for c in e["validation"]), key=len, default=[])
+    if longest:
+        stride = max(1, (len(longest) - 1) // 5)
+        marks = sorted(set(longest[::stride]) | {longest[-1]})
+    for label, entry in methods.items():
+        curves = [c for c in entry["validation"] if c["step"]]
+        if not curves:
+            continue
+        cells = []
+        for step in marks:
+            vals = [c["val/accuracy"][c["step"].index(step)] for c in curves if step in c["step"]]
+            cells.append(fmt(vals) if vals else "-")
+        val_rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if val_rows:
+        counts = [k.split("@")[1] for k in next(c for e in methods.values() for c in e["validation"] if c["step"])
+                  if k.startswith("val/accuracy@")]
+        lines += [f"Validation accuracy (held-out characters of the training alphabets, mean over "
+                  f"{', '.join(counts)} classes) at meta-step:", "",
+                  "| learner | " + " | ".join(str(m) for m in marks) + " |", "|---|" + "---|" * len(marks),
+                  *val_rows, ""]
+
+    if pairs:
+        lines += ["Paired differences in accuracy (same seed: same training and test episodes), last checkpoint, "
+                  "positive = the first learner is better:", "", "| difference | order " + head, "|---|---|" + rule]
+        for a, b in pairs:
+            if a not in methods or b not in methods:
+                continue
+            for order in ORDERS:
+                cells = []
+                for i in range(len(classes)):
+                    diffs = [by_key[(a, s)]["last"]["trained"][order]["accuracy"][i]
+                             - by_key[(b, s)]["last"]["trained"][order]["accuracy"][i]
+                             for s in methods[a]["seeds"] if (a, s) in by_key and (b, s) in by_key]
+                    cells.append(fmt(diffs) if diffs else "-")
+                lines.append(f"| {a} − {b} | {order} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += wall_time_table(methods, runs)
     lines.append("")
     return "\n".join(lines)
 
