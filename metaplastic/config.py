@@ -1,7 +1,8 @@
 """Experiment configs: YAML files with optional ``base:`` inheritance and key=value overrides.
 
 The task and rule sections are polymorphic (selected by their ``name``); they are validated
-by building the task and rule objects when the config is loaded, so a typo fails at once.
+by building the task and rule objects when the config is loaded, so a typo fails at once. The
+rule section may name a memory learner (``metaplastic.memory``) instead of a plasticity rule.
 """
 
 from __future__ import annotations
@@ -283,7 +284,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    from metaplastic.rules import build_rule
+    from metaplastic.meta.learner import build_rule_section, check_memory_config
     from metaplastic.tasks import build_task
 
     check_finite_numbers(data)
@@ -292,8 +293,9 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     # coerced to their declared types: the saved config.yaml and checkpoint then describe the
     # run fully, and ``coef_init=1e-4`` (a string to YAML 1.1), ``0.0001`` or leaving a default
     # implicit all give equal configs, so resuming is not blocked by spelling.
-    full = dataclasses.replace(cfg, task=to_plain(build_task(cfg.task)), rule=to_plain(build_rule(cfg.rule)))
+    full = dataclasses.replace(cfg, task=to_plain(build_task(cfg.task)), rule=to_plain(build_rule_section(cfg.rule)))
     check_finite_numbers(full.to_dict())  # again after coercion: "1e300" reaches here as a string
+    check_memory_config(full)
     return full
 
 

@@ -131,9 +131,9 @@ def plot_forgetting(results: dict[str, Any], path: Path, title: str) -> Path:
 
 
 def write_figures(results: dict[str, Any], out: Path, title: str = "") -> dict[str, Path]:
-    """Every figure of ``FIGURES`` as ``out/<name>.png``."""
+    """Every figure of ``FIGURES`` whose analysis is in the results, as ``out/<name>.png``."""
     out = Path(out)
     title = title or str(results.get("rule", ""))
     plots = {"alignment": plot_alignment, "interference": plot_interference, "overlap": plot_overlap,
              "forgetting": plot_forgetting}
-    return {name: plots[name](results, out / f"{name}.png", title) for name in FIGURES}
+    return {name: plots[name](results, out / f"{name}.png", title) for name in FIGURES if name in results}

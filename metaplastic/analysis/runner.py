@@ -1,5 +1,8 @@
 """The analysis of a rule (or a checkpoint) on held-out continual episodes, as one JSON-able dict.
 
+Alignment, interference and overlap measure weight updates; a memory learner makes none, so for
+it only forgetting is measured and ``analyses`` in the results says which apply and why.
+
 Episodes come from ``seeded_generator(seed, 4, first_episode_index)`` in continual order, so
 the same checkpoint, seed and episode count give the same numbers; the analysis runs in
 float64 by default so first-order and exact changes can be compared closely.
@@ -23,6 +26,7 @@ from metaplastic.analysis.vectors import query_losses
 from metaplastic.errors import ConfigError
 from metaplastic.losses import Loss
 from metaplastic.meta.experiment import seeded_generator
+from metaplastic.meta.learner import ANALYSES, Learner
 from metaplastic.networks import MLP
 from metaplastic.rules import Rule
 from metaplastic.tasks import Episodes
@@ -151,8 +155,66 @@ def analyze_rule(
     })
 
 
+@torch.no_grad()
+def learner_errors(learner: Learner, meta: dict[str, Tensor], loss: Loss, episodes: Episodes) -> Tensor:
+    """(T, K, F): every task's held-out loss after each boundary of the stream, for any learner."""
+    qx, qy = episodes.query_x, episodes.query_y
+    T, F, Q, _ = qx.shape
+    rows = []
+    for _, state in learner.states(meta, episodes, {b - 1 for b in episodes.boundaries}):
+        out = learner.outputs(meta, state, qx.flatten(1, 2))
+        rows.append(loss.value(out.view(T, F, Q, -1), qy))
+    return torch.stack(rows, dim=1)
+
+
+def analyze_forgetting(
+    learner: Learner,
+    meta: dict[str, Tensor],
+    loss: Loss,
+    task: Any,
+    episodes: int = 32,
+    batch: int = 32,
+    seed: int = 12345,
+    encode: Callable[[Episodes], Episodes] | None = None,
+) -> dict[str, Any]:
+    """Forgetting alone, on the episodes ``analyze_rule`` uses: the analysis that exists for a
+    learner without weight updates (a memory learner)."""
+    if episodes < 1 or batch < 1:
+        raise ConfigError(f"episodes and batch must be >= 1, got {episodes} and {batch}")
+    if hasattr(task, "with_order"):
+        task = task.with_order("continual")
+    some = next(iter(meta.values()))
+    parts, done = [], 0
+    while done < episodes:
+        n = min(batch, episodes - done)
+        ep = task.sample(n, seeded_generator(seed, 4, done)).to(some.device, some.dtype)
+        if encode is not None:
+            with torch.no_grad():
+                ep = encode(ep)
+        parts.append(learner_errors(learner, meta, loss, ep))
+        done += n
+    return _finite({
+        "episodes": episodes,
+        "seed": seed,
+        "dtype": str(some.dtype).replace("torch.", ""),
+        "boundaries": list(task.sample(1, seeded_generator(seed, 4, 0)).boundaries),
+        "forgetting": forgetting(_cat(parts)),
+    })
+
+
+def applicable(learner: Learner) -> dict[str, str]:
+    """{analysis: "applies" or why it does not} for a learner."""
+    from metaplastic.meta.learner import NO_WEIGHT_UPDATES
+
+    return {name: "applies" if name in learner.analyses else f"does not apply: {NO_WEIGHT_UPDATES}"
+            for name in ANALYSES}
+
+
 def summary(results: dict[str, Any]) -> dict[str, float | None]:
-    """The headline scalars of one analysis (flat, for tables and trackers)."""
+    """The headline scalars of one analysis (flat, for tables and trackers); forgetting alone
+    when that is all that applies to the learner."""
+    if "interference" not in results:
+        return {"forgetting": results["forgetting"]["mean"], "final_loss": results["forgetting"]["curve"]["mse"]}
     inter = results["interference"]
     out: dict[str, float | None] = {
         "alignment_cos": results["alignment"]["cos"]["all"]["mean"],
@@ -187,8 +249,14 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def format_summary(results: dict[str, Any]) -> str:
-    """A short two-column table: the rule, and SGD at matched update norm where measured."""
+    """A short two-column table: the rule, and SGD at matched update norm where measured; for a
+    learner without weight updates, forgetting and the analyses that do not apply."""
     s = summary(results)
+    if "interference" not in results:
+        lines = [f"{'forgetting (final - just learned)':<34}  {s['forgetting']:>12.4g}",
+                 f"{'final loss, all tasks':<34}  {s['final_loss']:>12.4g}"]
+        lines += [f"{name}: {why}" for name, why in results.get("analyses", {}).items() if why != "applies"]
+        return "\n".join(lines)
     rows = [
         ("alignment cos(dW, -g), all layers", s["alignment_cos"], None),
         ("projection <dW, -g>/|g|", s["alignment_proj"], None),
@@ -237,8 +305,14 @@ def analyze_checkpoint(
     def encode(ep: Episodes) -> Episodes:
         return exp.encode(full, ep)
 
-    results = analyze_rule(exp.net, exp.rule, meta, exp.loss, exp.task, episodes, min(episodes, 32),
-                           config.eval.seed, baseline, encode)
+    if set(ANALYSES) <= set(exp.learner.analyses):
+        results = analyze_rule(exp.net, exp.rule, meta, exp.loss, exp.task, episodes, min(episodes, 32),
+                               config.eval.seed, baseline, encode)
+    else:
+        if baseline not in BASELINES:
+            raise ConfigError(f"baseline must be one of {', '.join(BASELINES)}, got '{baseline}'")
+        results = analyze_forgetting(exp.learner, meta, exp.loss, exp.task, episodes, min(episodes, 32),
+                                     config.eval.seed, encode)
     results = {"checkpoint": str(path), "rule": rule_label(exp.rule), "config": config.name,
-               "meta_step": trainer.step, **results}
+               "meta_step": trainer.step, "analyses": applicable(exp.learner), **results}
     return trainer, results

@@ -17,7 +17,7 @@ from metaplastic.evaluation.episodes_file import (
     load_episode_file,
 )
 from metaplastic.evaluation.references import evaluate_online_sgd
-from metaplastic.evaluation.regression import evaluate_rule
+from metaplastic.evaluation.regression import evaluate_learner
 from metaplastic.meta.checkpoint import load_checkpoint
 from metaplastic.meta.experiment import Experiment
 from metaplastic.meta.trainer import MetaTrainer
@@ -39,10 +39,10 @@ def evaluate_trained(trainer: MetaTrainer, label: str | None = None, untrained: 
     exp = trainer.experiment
     ev = exp.config.eval
     label = label or rule_label(exp.rule)
-    args = (exp.task, exp.loss, ev.episodes, ev.points_per_function, ev.seed, ev.batch)
-    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_rule(exp.net, exp.rule, trainer.meta, *args)}
+    args = (exp.task, ev.episodes, ev.points_per_function, ev.seed, ev.batch)
+    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_learner(exp.learner, trainer.meta, *args)}
     if untrained:
-        results[f"{label} untrained init"] = evaluate_rule(exp.net, exp.rule, trainer.initial_meta, *args)
+        results[f"{label} untrained init"] = evaluate_learner(exp.learner, trainer.initial_meta, *args)
     return results
 
 
@@ -123,6 +123,6 @@ def evaluate_checkpoint(
             trainer, untrained=references, predictions=predictions
         )
     results = evaluate_trained(trainer, untrained=references)
-    if references:
+    if references and trainer.experiment.net is not None:  # a memory learner has no network to train by SGD
         results["online SGD, random init"] = evaluate_online_sgd(trainer.experiment)
     return trainer.experiment, results

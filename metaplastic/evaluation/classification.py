@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from metaplastic.meta.experiment import Experiment, seeded_generator
-from metaplastic.meta.lifetime import run_lifetime
 from metaplastic.meta.plastic_conv import plastic_conv_lifetime, plastic_conv_outputs
 from metaplastic.tasks import Episodes
 from metaplastic.tasks.classification import ORDERS
@@ -40,7 +39,7 @@ def episode_accuracy(
 
 @torch.no_grad()
 def query_outputs(experiment: Experiment, meta: dict[str, Tensor], episodes: Episodes) -> tuple[Tensor, Tensor]:
-    """(output, query_y), both (T, Q, units): the network's logits on every query sample after
+    """(output, query_y), both (T, Q, units): the learner's logits on every query sample after
     the whole lifetime, and the one-hot labels; kept apart from accuracy so they can be saved."""
     exp = experiment
     if exp.plastic_conv:  # the convs learn in the lifetime: classify with the adapted ones
@@ -48,10 +47,10 @@ def query_outputs(experiment: Experiment, meta: dict[str, Tensor], episodes: Epi
         qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
         output = plastic_conv_outputs(exp.encoder, exp.net, conv, weights, qx)
     else:
-        episodes = exp.encode(meta, episodes)
-        weights = run_lifetime(exp.net, exp.rule, exp.head_meta(meta), episodes.x, episodes.y, exp.loss)
+        episodes, head = exp.encode(meta, episodes), exp.head_meta(meta)
+        state = exp.learner.final_state(head, episodes)
         qx, qy = episodes.query_x.flatten(1, 2), episodes.query_y.flatten(1, 2)
-        output = exp.net.forward(weights, qx).output
+        output = exp.learner.outputs(head, state, qx)
     return output, qy
 
 

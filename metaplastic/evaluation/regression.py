@@ -1,4 +1,4 @@
-"""Evaluation of a rule on regression streams (sine protocol).
+"""Evaluation of a rule (or any learner) on regression streams (sine protocol).
 
 For every episode, after each task boundary k of the stream (after function k has been
 presented, in continual order), the MSE on held-out points of every function is recorded:
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from metaplastic.losses import Loss
 from metaplastic.meta.experiment import seeded_generator
-from metaplastic.meta.lifetime import iterate_lifetime
+from metaplastic.meta.learner import Learner, PlasticLearner
 from metaplastic.networks import MLP
 from metaplastic.rules import Rule
 
@@ -47,6 +47,14 @@ def boundary_errors(
     batch: int,
 ) -> Tensor:
     """M (episodes, boundaries, functions): held-out MSE per function after each boundary."""
+    return learner_boundary_errors(PlasticLearner(net, rule, loss), meta, task, episodes, points, seed, batch)
+
+
+@torch.no_grad()
+def learner_boundary_errors(
+    learner: Learner, meta: dict[str, Tensor], task: Any, episodes: int, points: int, seed: int, batch: int
+) -> Tensor:
+    """``boundary_errors`` for any learner (``metaplastic.meta.learner``)."""
     device = next(iter(meta.values())).device
     dtype = next(iter(meta.values())).dtype
     blocks = []
@@ -56,12 +64,10 @@ def boundary_errors(
         ep = task.sample(n, seeded_generator(seed, done), query_per_function=points).to(device, dtype)
         T, F, Q, _ = ep.query_x.shape
         qx = ep.query_x.flatten(1, 2)
-        boundaries = set(ep.boundaries)
         rows = []
-        for step, weights in iterate_lifetime(net, rule, meta, ep.x, ep.y, loss):
-            if step + 1 in boundaries:
-                out = net.forward(weights, qx).output.view(T, F, Q, -1)
-                rows.append(((out - ep.query_y) ** 2).mean(dim=(-2, -1)))
+        for _, state in learner.states(meta, ep, {b - 1 for b in ep.boundaries}):
+            out = learner.outputs(meta, state, qx).view(T, F, Q, -1)
+            rows.append(((out - ep.query_y) ** 2).mean(dim=(-2, -1)))
         blocks.append(torch.stack(rows, dim=1).cpu().double())
         done += n
     return torch.cat(blocks, dim=0)
@@ -102,10 +108,24 @@ def evaluate_rule(
     orders: tuple[str, ...] = ("continual", "iid"),
 ) -> dict[str, Any]:
     """Summaries for each presentation order, on episodes drawn from ``seed``."""
+    return evaluate_learner(PlasticLearner(net, rule, loss), meta, task, episodes, points, seed, batch, orders)
+
+
+def evaluate_learner(
+    learner: Learner,
+    meta: dict[str, Tensor],
+    task: Any,
+    episodes: int,
+    points: int,
+    seed: int,
+    batch: int,
+    orders: tuple[str, ...] = ("continual", "iid"),
+) -> dict[str, Any]:
+    """``evaluate_rule`` for any learner (``metaplastic.meta.learner``)."""
     results = {}
     for order in orders:
         # Episodes depend on (seed, order) only, so every method sees the same ones.
         episode_seed = seed * 7919 + ("continual", "iid").index(order)
-        errors = boundary_errors(net, rule, meta, task.with_order(order), loss, episodes, points, episode_seed, batch)
+        errors = learner_boundary_errors(learner, meta, task.with_order(order), episodes, points, episode_seed, batch)
         results[order] = summarize(errors, order)
     return results

@@ -81,12 +81,11 @@ def validate(experiment: Experiment, meta: dict[str, Tensor]) -> dict[str, float
         out = {"val/accuracy": sum(acc) / len(acc)}
         out.update({f"val/accuracy@{c}": a for c, a in zip(res[order]["classes"], acc)})
         return out
-    from metaplastic.evaluation.regression import evaluate_rule
+    from metaplastic.evaluation.regression import evaluate_learner
 
     head = experiment.head_meta(meta)
-    res = evaluate_rule(
-        experiment.net, experiment.rule, head, experiment.task, experiment.loss, n, ev.points_per_function, seed,
-        ev.batch, orders=(order,),
+    res = evaluate_learner(
+        experiment.learner, head, experiment.task, n, ev.points_per_function, seed, ev.batch, orders=(order,)
     )
     mse = res[order]["mse"]
     return {"val/mse": mse if mse == mse else float("inf")}

@@ -1,4 +1,4 @@
-"""Assemble network, rule, task and loss from a config, and draw seeded data.
+"""Assemble network, rule (or memory learner), task and loss from a config, and draw seeded data.
 
 Data for meta-step k comes from a generator seeded by (seed, k) alone, so a resumed run sees
 exactly the data an uninterrupted run would have seen, with no RNG state to save.
@@ -15,8 +15,10 @@ from torch import Tensor
 from metaplastic.config import ExperimentConfig, UnrollConfig
 from metaplastic.errors import ConfigError
 from metaplastic.losses import Loss, get_loss
+from metaplastic.memory import build_memory, is_memory
+from metaplastic.meta.learner import Learner, MemoryStreamLearner, PlasticLearner, check_memory_config
 from metaplastic.meta.memory import check_fits
-from metaplastic.meta.objective import meta_loss
+from metaplastic.meta.objective import learner_meta_loss
 from metaplastic.meta.plastic_conv import LR_PREFIX, conv_lr_init, plastic_conv_meta_loss
 from metaplastic.networks import MLP, bias_key, weight_key
 from metaplastic.networks.conv import PREFIX as FEATURES
@@ -47,12 +49,20 @@ def check_device(name: str) -> torch.device:
 
 @dataclass
 class Experiment:
+    """``learner`` is what the meta-objective and the evaluations run: the network with its
+    rule, or a memory learner (then ``net`` is None and ``rule`` is the memory learner)."""
+
     config: ExperimentConfig
-    net: MLP
+    net: MLP | None
     rule: Rule
     task: Any
     loss: Loss
     encoder: ConvEncoder | None = None  # image tasks: features computed once per lifetime
+    learner: Learner | None = None  # default: PlasticLearner(net, rule, loss)
+
+    def __post_init__(self) -> None:
+        if self.learner is None:
+            self.learner = PlasticLearner(self.net, self.rule, self.loss)
 
     @classmethod
     def from_config(cls, config: ExperimentConfig) -> Experiment:
@@ -74,13 +84,21 @@ class Experiment:
                     f"network.conv.plastic supports only meta.unroll.mode 'full' without compile, "
                     f"got mode '{unroll.mode}'{' with compile' if unroll.compile else ''}"
                 )
+        loss = get_loss(task.loss_name)
+        if is_memory(config.rule):
+            check_memory_config(config)
+            memory = build_memory(config.rule)
+            n = n_in or task.n_inputs
+            device = torch.device(config.device)
+            check_fits([n, task.n_outputs], task, config.meta.meta_batch, config.torch_dtype, device)
+            return cls(config, None, memory, task, loss, encoder, MemoryStreamLearner(memory, n, task.n_outputs))
         sizes = [n_in or task.n_inputs, *config.network.hidden, task.n_outputs]
         check_fits(sizes, task, config.meta.meta_batch, config.torch_dtype, torch.device(config.device))
         plastic = list(config.network.plastic) if config.network.plastic is not None else None
         net = MLP.build(sizes, config.network.activation, config.network.output_activation, plastic)
         if config.network.reset_output and not net.layers[-1].plastic:
             raise ConfigError("network.reset_output needs a plastic output layer (it starts every lifetime at zero)")
-        return cls(config, net, build_rule(config.rule), task, get_loss(task.loss_name), encoder)
+        return cls(config, net, build_rule(config.rule), task, loss, encoder)
 
     @property
     def device(self) -> torch.device:
@@ -96,7 +114,7 @@ class Experiment:
         """Initial meta-parameters, identical for the same seed on every device."""
         g = seeded_generator(self.config.seed, 0)
         dtype = self.config.torch_dtype
-        meta = {**prefixed(self.net.init(g, dtype), "init"), **self.rule.init(self.net, g, dtype)}
+        meta = self.learner.init(g, dtype)
         if self.encoder is not None:
             meta.update(prefixed(self.encoder.init(g, dtype), "init"))
         if self.plastic_conv:
@@ -114,7 +132,8 @@ class Experiment:
         return {f"init.{weight_key(last)}", f"init.{bias_key(last)}"}
 
     def head_meta(self, meta: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The meta-parameters of the network and rule, without the feature extractor's."""
+        """The meta-parameters of the learner (network and rule, or memory learner), without the
+        feature extractor's."""
         return {k: v for k, v in meta.items() if not k.startswith(("init." + FEATURES, LR_PREFIX))}
 
     def meta_loss(self, meta: dict[str, Tensor], episodes: Episodes, unroll: UnrollConfig) -> Tensor:
@@ -122,7 +141,7 @@ class Experiment:
         lifetime; or, with plastic convs, the lifetime in which the convs learn too."""
         if self.plastic_conv:
             return plastic_conv_meta_loss(self.encoder, self.net, self.rule, meta, episodes, self.loss)
-        return meta_loss(self.net, self.rule, self.head_meta(meta), self.encode(meta, episodes), self.loss, unroll)
+        return learner_meta_loss(self.learner, self.head_meta(meta), self.encode(meta, episodes), self.loss, unroll)
 
     def encode(self, meta: dict[str, Tensor], episodes: Episodes) -> Episodes:
         """Episodes of feature vectors: every image through the shared (frozen) conv stage."""

@@ -1,5 +1,5 @@
 """The meta-objective: loss after a whole lifetime on fresh query points of every task seen,
-plus the optional "remember" points replayed from the trajectory (OML)."""
+plus the optional "remember" points replayed from the trajectory (OML), for any learner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from torch import Tensor
 
 from metaplastic.config import UnrollConfig
 from metaplastic.losses import Loss
-from metaplastic.meta.lifetime import FULL, run_lifetime
+from metaplastic.meta.learner import Learner, PlasticLearner
+from metaplastic.meta.lifetime import FULL
 from metaplastic.networks import MLP
 from metaplastic.rules import Rule
 from metaplastic.tasks import Episodes
@@ -19,9 +20,16 @@ def meta_loss(
 ) -> Tensor:
     """Mean over tasks of the post-lifetime loss on query (+ remember) points; ``unroll`` sets
     how its gradient goes through the inner loop (``meta.unroll``)."""
-    weights = run_lifetime(net, rule, meta, episodes.x, episodes.y, loss, unroll)
+    return learner_meta_loss(PlasticLearner(net, rule, loss), meta, episodes, loss, unroll)
+
+
+def learner_meta_loss(learner: Learner, meta: dict[str, Tensor], episodes: Episodes, loss: Loss,
+                      unroll: UnrollConfig = FULL) -> Tensor:
+    """The same for any learner (``metaplastic.meta.learner``): its outputs on the query points
+    read from its state after the lifetime."""
+    state = learner.final_state(meta, episodes, unroll)
     qx, qy = meta_loss_points(episodes)
-    return loss.value(net.forward(weights, qx).output, qy).mean()
+    return loss.value(learner.outputs(meta, state, qx), qy).mean()
 
 
 def meta_loss_points(episodes: Episodes) -> tuple[Tensor, Tensor]:

@@ -82,13 +82,11 @@ def make_tracker(
 def training_callback(tracker: Tracker, log_every: int, final_step: int) -> Callable[[Any, dict[str, float]], None]:
     """An ``on_step`` for ``meta.trainer.train``: meta-loss, per-group meta-gradient norms and
     the rule's coefficient/beta statistics every ``log_every`` meta-steps and at the last."""
-    from metaplastic.tracking.stats import rule_statistics
-
     def on_step(trainer: Any, metrics: dict[str, float]) -> None:
         validated = any(k.startswith("val/") for k in metrics)
         if trainer.step % log_every == 0 or trainer.step == final_step or validated:
             exp = trainer.experiment
-            stats = rule_statistics(exp.net, exp.rule, trainer.meta)
+            stats = exp.learner.statistics(trainer.meta)
             tracker.log({k: v for k, v in {**metrics, **stats}.items() if k != "step"}, step=trainer.step)
 
     return on_step
