@@ -302,7 +302,7 @@ def test_classification_stream_accuracy() -> None:
     (["meta.unroll.compile=true"], "compile is not supported"),
     (["rule.k=300"], "rule.k (300) must be at most rule.slots (256)"),
     (["rule.slots=0"], "must be >= 1"),
-    (["rule.name=lsmt"], "unknown rule or memory learner 'lsmt'"),
+    (["rule.name=lsmt"], "unknown rule 'lsmt' (known: bp, brsf, dfa, dtp, fa, flp, frsf, lstm, poly, rmc, sam"),
     (["rule.heads=2"], "unknown key 'rule.heads'"),
 ])
 def test_bad_memory_configs_fail_in_one_line(overrides: list[str], message: str) -> None:

@@ -58,23 +58,22 @@ def cosine(q: Tensor, rows: Tensor) -> Tensor:
 
 
 def gather_rows(memory: Tensor, index: Tensor) -> Tensor:
-    """memory (T, N, W), index (T, ...) -> rows (T, ..., W)."""
-    T, _, W = memory.shape
-    flat = index.reshape(T, -1)
-    rows = memory.gather(1, flat.unsqueeze(-1).expand(T, flat.shape[1], W))
-    return rows.reshape(*index.shape, W)
+    """memory (T, N, W), index (T, ...) -> rows (T, ..., W). ``index_select`` on the flat memory
+    keeps only the indices for the backward pass (``gather`` would keep every step's memory
+    alive: O(N W) memory per step)."""
+    T, N, W = memory.shape
+    flat = (index.reshape(T, -1) + N * torch.arange(T, device=index.device).unsqueeze(1)).flatten()
+    return memory.reshape(T * N, W).index_select(0, flat).reshape(*index.shape, W)
 
 
 @torch.no_grad()
 def top_k_slots(memory: Tensor, q: Tensor, k: int) -> Tensor:
     """Indices (T, ..., K) of the k slots most similar to each key q (T, ..., W): the exact
-    search, one matrix product without a graph."""
+    search, one matrix product and one norm per slot, without a graph."""
     T, _, W = memory.shape
     keys = q.reshape(T, -1, W)
     dots = keys @ memory.transpose(1, 2)  # (T, Q, N)
-    norms = torch.sqrt((keys * keys).sum(-1, keepdim=True) + NORM_EPS) * torch.sqrt(
-        (memory * memory).sum(-1).unsqueeze(1) + NORM_EPS
-    )
+    norms = torch.linalg.vector_norm(memory, dim=-1).unsqueeze(1) + NORM_EPS  # ranking only: eps placement immaterial
     return (dots / norms).topk(k, dim=-1).indices.reshape(*q.shape[:-1], k)
 
 

@@ -127,7 +127,7 @@ class MemoryStreamLearner:
 
 def build_rule_section(spec: Any) -> Any:
     """The plasticity rule or memory learner a config's ``rule`` section names."""
-    return build_named({**RULES, **MEMORY_LEARNERS}, spec, "rule", "rule or memory learner")
+    return build_named({**RULES, **MEMORY_LEARNERS}, spec, "rule", "rule")
 
 
 def check_memory_config(config: Any) -> None:
