@@ -32,3 +32,7 @@ class DivergenceError(MetaplasticError):
 
 class CheckpointError(MetaplasticError):
     """A checkpoint that is missing, corrupt or from an incompatible version."""
+
+
+class UsageError(MetaplasticError):
+    """Command-line arguments that do not parse (an unknown option, a value of the wrong kind)."""

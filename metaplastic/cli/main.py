@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from metaplastic.errors import MetaplasticError
+from metaplastic.errors import MetaplasticError, UsageError
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -154,8 +154,16 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'results.json'}, {out / 'table.md'} and {out / 'learning_curves.png'}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a UsageError (one ``error:`` line, exit 2) instead of
+    the usage text on stderr and a SystemExit; --help is unchanged."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metaplastic", description="Meta-learn local plasticity rules.")
+    parser = _OneLineParser(prog="metaplastic", description="Meta-learn local plasticity rules.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="meta-train a config")
@@ -232,12 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     from metaplastic.runtime import keep_freed_memory
 
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value after an option (`train CFG --out D meta.steps=4`) is an override like any other
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # key=value after an option (`train CFG --out D meta.steps=4`) is an override like any other
+        if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     keep_freed_memory()
     try:
         args.func(args)

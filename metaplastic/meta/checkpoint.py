@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from metaplastic.errors import CheckpointError
+from metaplastic.errors import CheckpointError, ConfigError
 
 FORMAT = "metaplastic-checkpoint/1"
 CHECKPOINT_FILES = {"last": "checkpoint.pt", "best": "best.pt"}  # in a run folder; best: by meta-validation
@@ -37,6 +37,23 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Refuse, before any work and without creating anything, an output folder that cannot be
+    made or written: its nearest existing ancestor must be a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output folder {path} exists and is not a folder")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot create output folder {path}: {ancestor} is not a folder")
+    try:  # a real probe: permission bits say nothing for root, /proc or a read-only mount
+        os.rmdir(tempfile.mkdtemp(prefix=".metaplastic-probe-", dir=ancestor))
+    except OSError as e:
+        raise ConfigError(f"cannot create output folder {path}: {e.strerror or e} in {ancestor}") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -314,6 +314,8 @@ def train(
         if fresh and ckpt.exists():  # another process wrote it between the checks and the lock
             raise ConfigError(f"{run_dir} already holds a checkpoint (written by another run meanwhile): "
                               "pass --resume to continue it or choose another out_dir")
+        if resume and fresh:  # --resume means "start or continue" (one command for preemptible jobs): say which
+            print(f"metaplastic: no checkpoint in {run_dir}: starting a fresh run", file=sys.stderr)
         _train_into(trainer, config, progress, on_step)
     if parallel is not None:
         parallel.barrier()  # every rank returns once the last checkpoint is written

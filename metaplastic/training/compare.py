@@ -24,7 +24,7 @@ from metaplastic.data.arrays import ARRAY_DATASETS, check_dataset_options, load_
 from metaplastic.errors import ConfigError, DivergenceError
 from metaplastic.evaluation.checkpoint_eval import rule_label
 from metaplastic.evaluation.report import write_json
-from metaplastic.meta.checkpoint import atomic_write_text
+from metaplastic.meta.checkpoint import atomic_write_text, check_output_folder
 from metaplastic.networks import MLP
 from metaplastic.rules import BackwardPathRule, Rule, build_rule
 from metaplastic.training.fit import fit_rule
@@ -169,6 +169,7 @@ def plot_compare(results: dict[str, dict[str, dict[str, Any]]], path: Path, titl
 
 def compare(cfg: CompareConfig, progress: bool = True) -> tuple[str, dict[str, Any]]:
     """Run the comparison and write results.json, table.md and learning_curves.png to run_dir."""
+    check_output_folder(cfg.run_dir)  # before minutes of training, not after
     results = run_compare(cfg, progress)
     table = format_compare_table(results)
     out = cfg.run_dir
