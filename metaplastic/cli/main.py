@@ -90,7 +90,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {listed} and {written[-1]}" if listed else f"wrote {written[-1]}")
         return
     print(format_table(results))
-    write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
+    if args.episodes:
+        print(f"fixed episodes from {args.episodes}")
+    extra = {"episodes_file": str(Path(args.episodes).resolve())} if args.episodes else {}
+    write_json(out / "evaluation.json", {"checkpoint": str(ckpt), **extra, "results": results})
     plot_curves(results, out / "evaluation.png", title=experiment.config.name)
     with make_tracker(out, "evaluate", experiment.config.to_dict(), mode, name=name) as tracker:
         rows = result_rows(results)
@@ -188,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for evaluation.json/png (default: the checkpoint's folder)")
     p.add_argument("--device", help="torch device to evaluate on (default: the config's)")
     p.add_argument("--episodes", metavar="FILE",
-                   help="classification: evaluate the fixed episodes listed in this YAML/JSON file instead of random "
-                   "ones (format: metaplastic/evaluation/episodes_file.py, README 'Evaluating on your own data')")
+                   help="evaluate fixed episodes instead of random ones: classification, a YAML/JSON episode list "
+                   "(metaplastic/evaluation/episodes_file.py); regression, an .npz of x, y, query_x, query_y "
+                   "(metaplastic/evaluation/regression_file.py); README 'Evaluating on your own data'")
     p.add_argument("--predictions", action="store_true",
                    help="classification: also write every query's logits, prediction and label to predictions.npz")
     _wandb_flag(p)

@@ -102,19 +102,36 @@ def evaluate_trained_episodes(
     return results
 
 
+def evaluate_trained_regression_file(trainer: MetaTrainer, path: str | Path, untrained: bool = True) -> dict[str, Any]:
+    """MSE on a file's fixed regression episodes for the meta-trained learner and, if asked, its
+    initial meta-parameters (``metaplastic.evaluation.regression_file``)."""
+    from metaplastic.evaluation.regression_file import evaluate_regression_file, load_regression_file
+
+    exp = trainer.experiment
+    arrays = load_regression_file(path)
+    label = rule_label(exp.rule)
+    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_regression_file(exp, trainer.meta, arrays,
+                                                                                         str(path))}
+    if untrained:
+        results[f"{label} untrained init"] = evaluate_regression_file(exp, trainer.initial_meta, arrays, str(path))
+    return results
+
+
 def evaluate_checkpoint(
     path: str | Path, references: bool = True, device: str | None = None, which: str = "last",
     overrides: list[str] | None = None, episodes: str | Path | None = None,
     predictions: dict[str, np.ndarray] | None = None,
 ) -> tuple[Experiment, dict[str, Any]]:
-    """Results of a checkpoint: random episodes, or the fixed ones of an ``episodes`` file
-    (classification only); ``predictions`` (classification only) receives every query's output.
-    The run and the file are both checked before anything is evaluated."""
+    """Results of a checkpoint: random episodes, or the fixed ones of an ``episodes`` file (a
+    YAML/JSON episode list for classification, an ``.npz`` of functions for regression);
+    ``predictions`` (classification only) receives every query's output. The run and the file
+    are both checked before anything is evaluated."""
     trainer = load_trainer(path, device, which, overrides)
     exp = trainer.experiment
-    if (episodes is not None or predictions is not None) and not is_classification(exp):
-        flag = "--episodes" if episodes is not None else "--predictions"
-        raise ConfigError(f"{flag} needs a classification run; this run's task is '{exp.task.name}'")
+    if predictions is not None and not is_classification(exp):
+        raise ConfigError(f"--predictions needs a classification run; this run's task is '{exp.task.name}'")
+    if episodes is not None and not is_classification(exp):
+        return exp, evaluate_trained_regression_file(trainer, episodes, untrained=references)
     if episodes is not None:
         file = load_episode_file(episodes)
         return exp, evaluate_trained_episodes(trainer, file, untrained=references, predictions=predictions)

@@ -25,6 +25,7 @@ from metaplastic.meta.experiment import seeded_generator
 from metaplastic.meta.learner import Learner, PlasticLearner
 from metaplastic.networks import MLP
 from metaplastic.rules import Rule
+from metaplastic.tasks import Episodes
 
 
 def _mean_se(x: Tensor) -> tuple[float, float]:
@@ -62,15 +63,22 @@ def learner_boundary_errors(
     while done < episodes:
         n = min(batch, episodes - done)
         ep = task.sample(n, seeded_generator(seed, done), query_per_function=points).to(device, dtype)
-        T, F, Q, _ = ep.query_x.shape
-        qx = ep.query_x.flatten(1, 2)
-        rows = []
-        for _, state in learner.states(meta, ep, {b - 1 for b in ep.boundaries}):
-            out = learner.outputs(meta, state, qx).view(T, F, Q, -1)
-            rows.append(((out - ep.query_y) ** 2).mean(dim=(-2, -1)))
-        blocks.append(torch.stack(rows, dim=1).cpu().double())
+        blocks.append(episode_errors(learner, meta, ep))
         done += n
     return torch.cat(blocks, dim=0)
+
+
+@torch.no_grad()
+def episode_errors(learner: Learner, meta: dict[str, Tensor], episodes: Episodes) -> Tensor:
+    """M (T, boundaries, functions) of given episodes: held-out MSE on each function's query
+    points after each task boundary of the stream (float64, on the CPU)."""
+    T, F, Q, _ = episodes.query_x.shape
+    qx = episodes.query_x.flatten(1, 2)
+    rows = []
+    for _, state in learner.states(meta, episodes, {b - 1 for b in episodes.boundaries}):
+        out = learner.outputs(meta, state, qx).view(T, F, Q, -1)
+        rows.append(((out - episodes.query_y) ** 2).mean(dim=(-2, -1)))
+    return torch.stack(rows, dim=1).cpu().double()
 
 
 def summarize(errors: Tensor, order: str) -> dict[str, Any]:

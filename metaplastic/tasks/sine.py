@@ -69,7 +69,8 @@ class SineRegression:
         lo, hi = bounds
         return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
 
-    def _inputs(self, slot: Tensor, x: Tensor) -> Tensor:
+    def inputs(self, slot: Tensor, x: Tensor) -> Tensor:
+        """Network inputs of samples: the one-hot slot of their function, then x (any leading shape)."""
         onehot = torch.nn.functional.one_hot(slot, self.n_functions).to(torch.float64)
         return torch.cat([onehot, x.unsqueeze(-1)], dim=-1)
 
@@ -89,13 +90,13 @@ class SineRegression:
         if self.order == "iid":
             perm = torch.argsort(torch.rand(T, F * S * B, generator=g), dim=1)
             x, y, slot = x.gather(1, perm), y.gather(1, perm), slot.gather(1, perm)
-        inputs = self._inputs(slot, x).reshape(T, F * S, B, F + 1)
+        inputs = self.inputs(slot, x).reshape(T, F * S, B, F + 1)
         targets = y.reshape(T, F * S, B, 1)
 
         qx = self._uniform((T, F, Q), self.x_range, g)
         qy = amp * torch.sin(qx + phase)
         qslot = torch.arange(F).view(1, F, 1).expand(T, F, Q)
-        query_x, query_y = self._inputs(qslot, qx), qy.unsqueeze(-1)
+        query_x, query_y = self.inputs(qslot, qx), qy.unsqueeze(-1)
 
         R = self.remember_size
         idx = torch.randint(0, F * S * B, (T, R), generator=g)
