@@ -265,6 +265,18 @@ def test_evaluation_reports_accuracy_with_confidence_intervals(omniglot_root: Pa
         assert all(0.0 <= a <= 1.0 for a in r["accuracy"]) and all(h >= 0 for h in r["ci95"])
     mean, half = mean_ci95([0.0, 1.0, 0.5])
     assert mean == 0.5 and half == pytest.approx(4.302652729911275 * 0.5 / 3**0.5)
+    for r in res.values():  # every class has the same number of queries: positions average to the accuracy
+        for n, acc, per_position in zip(r["classes"], r["accuracy"], r["per_position"]):
+            assert len(per_position) == n and sum(per_position) / n == pytest.approx(acc)
+
+
+def test_learned_position_by_first_appearance() -> None:
+    from metaplastic.evaluation.classification import learned_position
+
+    units = [[4, 4, 1, 1, 3, 3], [0, 2, 0, 2, 5, 5]]  # per task: the unit of each stream step (batch 1)
+    y = torch.nn.functional.one_hot(torch.tensor(units), 6).to(torch.float64).unsqueeze(2)  # (T, S, B, units)
+    queries = torch.tensor([[3, 4, 1], [5, 2, 0]])
+    assert learned_position(y, queries).tolist() == [[2, 0, 1], [2, 1, 0]]
 
 
 def test_cli_evaluate_prints_the_table_and_writes_the_png(omniglot_root: Path, tmp_path: Path, capsys) -> None:
@@ -274,6 +286,7 @@ def test_cli_evaluate_prints_the_table_and_writes_the_png(omniglot_root: Path, t
     out = capsys.readouterr().out
     assert "FLP-Oja meta-trained (2 steps)" in out and "2 classes" in out and "chance" in out
     assert (tmp_path / "run" / "evaluation.png").stat().st_size > 0
+    assert (tmp_path / "run" / "evaluation_positions.png").stat().st_size > 0
     bad = tiny_classification(omniglot_root, out_dir=str(tmp_path / "run2"), eval={"classes": [2, 9]})
     train(config_from_dict(bad), progress=False)
     assert main(["evaluate", str(tmp_path / "run2"), "--no-references"]) == 2

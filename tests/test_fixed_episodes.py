@@ -381,7 +381,7 @@ def test_cli_episodes_and_predictions(images: Path, tmp_path: Path, capsys: pyte
         ([run, "--episodes", str(bad)], "episode 0 ('sampled 1'): image not found: img/none.png"),
         ([run, "--episodes", str(tmp_path / "missing.yaml")], "episode file not found"),
         ([str(tmp_path / "digits"), "--episodes", str(file)], "images need an image task"),
-        ([str(tmp_path / "sine"), "--episodes", str(file)], "--episodes needs a classification run"),
+        ([str(tmp_path / "sine"), "--episodes", str(file)], "a regression run takes fixed episodes as an .npz"),
         ([str(tmp_path / "sine"), "--predictions"], "--predictions needs a classification run"),
     ]:
         assert main(["evaluate", *argv, "--out", str(tmp_path / "bad")]) == 2

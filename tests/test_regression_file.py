@@ -76,7 +76,7 @@ def test_cli_regression_episodes(tmp_path: Path, capsys) -> None:
     ("samples", ConfigError, "not a multiple"),
     ("nan", DataError, "NaN or inf"),
     ("shape", ConfigError, "same shapes"),
-    ("not npz", DataError, "not a readable .npz"),
+    ("not npz", DataError, "takes fixed episodes as an .npz"),
 ])
 def test_bad_regression_files_are_one_line(damage: str, error: type, match: str, tmp_path: Path) -> None:
     exp = Experiment.from_config(tiny_config())

@@ -51,7 +51,12 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from metaplastic.evaluation.checkpoint_eval import evaluate_checkpoint
-    from metaplastic.evaluation.classification import format_accuracy_table, is_classification, plot_accuracy
+    from metaplastic.evaluation.classification import (
+        format_accuracy_table,
+        is_classification,
+        plot_accuracy,
+        plot_per_position,
+    )
     from metaplastic.evaluation.report import format_table, plot_curves, result_rows, write_json, write_npz
     from metaplastic.tracking import make_tracker, resolve_mode
 
@@ -72,13 +77,21 @@ def _evaluate(args: argparse.Namespace) -> None:
             episodes_file = str(Path(args.episodes).resolve())
             write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "episodes_file": episodes_file,
                                                  "results": results})
-            written = [out / "evaluation.json"]
+            curves = {name: res["continual"]["per_position"] for name, res in results.items()}
+            title = f"{experiment.config.name}: fixed episodes, continual order"
+            plot_per_position(curves, out / "evaluation_positions.png", title=title)
+            written = [out / "evaluation.json", out / "evaluation_positions.png"]
         else:
             print(format_accuracy_table(results))
             write_json(out / "evaluation.json", {"checkpoint": str(ckpt), "results": results})
             title = f"{experiment.config.name}: accuracy vs classes learned"
             plot_accuracy(results, out / "evaluation.png", title=title)
-            written = [out / "evaluation.json", out / "evaluation.png"]
+            n = max(next(iter(results.values()))["continual"]["classes"])
+            curves = {name: res["continual"]["per_position"][res["continual"]["classes"].index(n)]
+                      for name, res in results.items() if "per_position" in res["continual"]}
+            plot_per_position(curves, out / "evaluation_positions.png", chance=1.0 / n,
+                              title=f"{experiment.config.name}: {n} classes, continual order")
+            written = [out / "evaluation.json", out / "evaluation.png", out / "evaluation_positions.png"]
         if predictions is not None:
             write_npz(out / "predictions.npz", predictions)
             written.append(out / "predictions.npz")

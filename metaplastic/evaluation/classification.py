@@ -100,17 +100,22 @@ def evaluate_classification(
     results: dict[str, Any] = {}
     for order in orders:
         task = exp.task.with_order(order)
-        acc, ci = [], []
+        acc, ci, per_position = [], [], []
         for n in counts:
             g = seeded_generator(seed, n)
             runs: list[float] = []
             kept: list[tuple[Tensor, Tensor, Tensor]] = []
+            hits, seen = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
             while len(runs) < n_runs:
                 size = min(ev.batch, n_runs - len(runs))
                 episodes_ = task.sample(size, g, split=split, n_classes=n, label_map=ev.label_map)
                 output, qy = query_outputs(exp, meta, episodes_.to(exp.device, dtype))
                 pred, label = predict(output, qy, ev.readout), qy.argmax(-1)
-                runs += (pred == label).to(torch.float64).mean(-1).tolist()
+                correct = (pred == label).to(torch.float64).cpu()
+                runs += correct.mean(-1).tolist()
+                position = learned_position(episodes_.y, label.cpu()).flatten()
+                hits.index_add_(0, position, correct.flatten())
+                seen.index_add_(0, position, torch.ones_like(correct.flatten()))
                 if predictions is not None:
                     kept.append((output.cpu(), pred.cpu(), label.cpu()))
             if predictions is not None:
@@ -119,16 +124,59 @@ def evaluate_classification(
             m, h = mean_ci95(runs)
             acc.append(m)
             ci.append(h)
+            per_position.append((hits / seen.clamp_min(1)).tolist())
         results[order] = {
             "classes": list(counts),
             "accuracy": acc,
             "ci95": ci,
+            # accuracy on the k-th class of the stream (by first appearance) after the whole stream,
+            # one list per number of classes; meaningful as "k-th learned" in continual order
+            "per_position": per_position,
             "chance": [1.0 / n for n in counts],
             "runs": n_runs,
             "readout": ev.readout,
             "label_map": ev.label_map,
         }
     return results
+
+
+def learned_position(stream_y: Tensor, query_label: Tensor) -> Tensor:
+    """(T, Q) position of each query's class in the stream, by first appearance (0 = the first
+    class presented): in continual order, the k-th class learned."""
+    present = stream_y.sum(2) > 0  # (T, S, units)
+    steps = torch.arange(present.shape[1]).view(1, -1, 1).expand_as(present)
+    never = present.shape[1]
+    first = torch.where(present, steps, torch.full_like(steps, never)).amin(1)  # (T, units)
+    first_q = first.gather(1, query_label)  # (T, Q)
+    earlier = (first.unsqueeze(1) < first_q.unsqueeze(-1)) & (first.unsqueeze(1) < never)  # (T, Q, units)
+    return earlier.sum(-1)
+
+
+def plot_per_position(curves: dict[str, list[float | None]], path: Path, title: str = "", chance: float | None = None
+                      ) -> None:
+    """Accuracy on the k-th class learned after the whole stream, one line per method: the
+    continual-learning curve (early classes low: forgotten; late ones high: recent)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, acc in curves.items():
+        xs = [k + 1 for k, a in enumerate(acc) if a is not None]
+        ax.plot(xs, [a for a in acc if a is not None], marker="o", markersize=3, label=name)
+    if chance is not None:
+        ax.axhline(chance, color="k", linestyle="--", label="chance")
+    ax.set_xlabel("class position in the stream (1 = learned first)")
+    ax.set_ylabel("accuracy after the whole stream")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    from metaplastic.evaluation.report import save_figure
+
+    save_figure(fig, path)
 
 
 def format_accuracy_table(results: dict[str, dict[str, Any]]) -> str:

@@ -37,11 +37,15 @@ def load_regression_file(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"episode file not found: {path}" if not path.exists() else f"not a regular file: {path}")
+    if not zipfile.is_zipfile(path):  # np.load would also take .npy or, with pickles, arbitrary objects
+        raise DataError(f"{path}: a regression run takes fixed episodes as an .npz (numpy.savez) of "
+                        f"{', '.join(ARRAYS)}; this file is not one")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: not a readable .npz file ({first})") from None
     missing = [k for k in ARRAYS if k not in arrays]
     if missing:
         raise ConfigError(f"{path}: missing array '{missing[0]}' (needs {', '.join(ARRAYS)})")
