@@ -127,15 +127,18 @@ class Worker:
         self.import_rss = rss_gb()
         import torch
 
+        import metaplastic.meta.lifetime as lifetime
         from metaplastic.config import config_from_dict
         from metaplastic.meta import Experiment, MetaTrainer
         from metaplastic.runtime import keep_freed_memory
 
-        try:
-            from metaplastic.meta.lifetime import use_fused_lifetime
-        except ImportError:  # a version without fused paths (--baseline)
-            def use_fused_lifetime(enabled: bool) -> contextlib.AbstractContextManager:
-                return contextlib.nullcontext()
+        # --general: meta.unroll.path 'step'; older checkouts (--baseline) chose it with a context manager
+        # use_fused_lifetime, and the oldest had no fused path at all
+        switch = getattr(lifetime, "use_fused_lifetime", None)
+        by_config = switch is None and hasattr(lifetime, "choose_path")
+
+        def use_fused_lifetime(enabled: bool) -> contextlib.AbstractContextManager:
+            return switch(enabled) if switch is not None else contextlib.nullcontext()
 
         self.torch, self.opts = torch, opts
         if opts["threads"]:
@@ -165,6 +168,8 @@ class Worker:
             label += " [" + ", ".join(f"{k} {v}" for k, v in unroll.items() if v not in (None, False)) + "]"
         if meta["meta_batch"] != 1:
             label += f" [meta-batch {meta['meta_batch']}]"
+        if opts["general"] and by_config:
+            meta["unroll"] = {**meta.get("unroll", {}), "path": "step"}
         self.device = opts.get("device", "cpu")
         cfg = config_from_dict({
             "name": "bench",
@@ -217,6 +222,8 @@ class Worker:
             "device_peak_gb": (self.torch.cuda.max_memory_allocated() / 1e9
                                if self.device.startswith("cuda") else None),
             "torch": self.torch.__version__,
+            # the path meta.unroll resolved to (meta.unroll.path / kernels; older checkouts: none)
+            "lifetime": lifetime.as_dict() if (lifetime := getattr(self.trainer, "lifetime", None)) else None,
         }
 
 
@@ -391,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['label']:<44} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
               f"{r['gflop']:>7.3g} {r['gflops']:>8.3g} {r['matmul_gflops']:>7.1f} "
               f"{r['gflops'] / r['matmul_gflops']:>8.2f}"
-              + (f"  GPU peak {r['device_peak_gb']:.2f}GB" if r.get("device_peak_gb") is not None else ""))
+              + (f"  GPU peak {r['device_peak_gb']:.2f}GB" if r.get("device_peak_gb") is not None else "")
+              + (f"  [{', '.join(r['lifetime'].values())}]" if r.get("lifetime") else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)

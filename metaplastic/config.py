@@ -18,7 +18,7 @@ import yaml
 
 from metaplastic.config_utils import build_dataclass, check_finite_numbers, read_yaml_mapping, to_plain
 from metaplastic.errors import ConfigError
-from metaplastic.params import GROUPS
+from metaplastic.lifetime_paths import KERNELS, PATHS, UNROLL_MODES
 from metaplastic.schedules import ALL_GROUPS, ScheduleConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -58,9 +58,6 @@ class NetworkConfig:
     reset_output: bool = False
 
 
-UNROLL_MODES = ("full", "checkpoint", "truncate", "first_order")
-
-
 @dataclass(frozen=True)
 class UnrollConfig:
     """How the meta-gradient goes through the inner loop (``meta.unroll``).
@@ -78,12 +75,19 @@ class UnrollConfig:
     ``compile`` runs the inner step of the step-by-step path (rules without a fused lifetime)
     through ``torch.compile``: a one-off compilation (tens of seconds), then
     faster steps; the fused FLP path is hand-written and not compiled.
+
+    ``path`` (``auto``, ``fused``, ``step``) and ``kernels`` (``auto``, ``native``, ``torch``)
+    choose which implementation computes that gradient: see ``metaplastic.lifetime_paths``,
+    which also holds the table of the modes each path supports. ``auto`` is the choice made
+    before these fields existed.
     """
 
     mode: str = "full"
     segment: int | None = None  # checkpoint: inner steps per segment; null: about sqrt(steps)
     last_steps: int | None = None  # truncate: K
     compile: bool = False  # torch.compile the inner step (step-by-step path; not the fused one)
+    path: str = "auto"  # fused | step | auto (fused where the rule has a fused lifetime)
+    kernels: str = "auto"  # native | torch | auto (native where they apply): the fused path's kernels
 
     def __post_init__(self) -> None:
         if self.mode not in UNROLL_MODES:
@@ -94,6 +98,10 @@ class UnrollConfig:
             raise ConfigError("meta.unroll.mode 'truncate' needs meta.unroll.last_steps >= 1")
         if self.last_steps is not None and self.last_steps < 1:
             raise ConfigError(f"meta.unroll.last_steps must be >= 1 or null, got {self.last_steps}")
+        if self.path not in PATHS:
+            raise ConfigError(f"meta.unroll.path must be one of {', '.join(PATHS)}, got '{self.path}'")
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"meta.unroll.kernels must be one of {', '.join(KERNELS)}, got '{self.kernels}'")
 
     def segment_length(self, n_steps: int) -> int:
         """Steps per checkpointed segment: ``segment`` or ceil(sqrt(n_steps))."""
@@ -139,14 +147,17 @@ class MetaConfig:
             raise ConfigError(
                 f"meta.validate_classes must list numbers of classes >= 1 or be null, got {list(self.validate_classes)}"
             )
-        unknown_schedule = sorted(set(self.schedule) - set(GROUPS) - {ALL_GROUPS})
+        from metaplastic.rules.registry import known_groups  # the groups the registered rules declare
+
+        groups = known_groups()
+        unknown_schedule = sorted(set(self.schedule) - set(groups) - {ALL_GROUPS})
         if unknown_schedule:
             raise ConfigError(
-                f"unknown key 'meta.schedule.{unknown_schedule[0]}' (groups: {', '.join(GROUPS)}, or '{ALL_GROUPS}')"
+                f"unknown key 'meta.schedule.{unknown_schedule[0]}' (groups: {', '.join(groups)}, or '{ALL_GROUPS}')"
             )
-        unknown = sorted(set(self.lr) - set(GROUPS))
+        unknown = sorted(set(self.lr) - set(groups))
         if unknown:
-            raise ConfigError(f"unknown key 'meta.lr.{unknown[0]}' (meta-parameter groups: {', '.join(GROUPS)})")
+            raise ConfigError(f"unknown key 'meta.lr.{unknown[0]}' (meta-parameter groups: {', '.join(groups)})")
         for g, v in self.lr.items():
             if v is not None and v < 0:
                 raise ConfigError(f"meta.lr.{g} must be >= 0 or null, got {v}")
@@ -284,7 +295,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    from metaplastic.meta.learner import build_rule_section, check_memory_config
+    from metaplastic.meta.learner import build_rule_section, check_lifetime_path, check_memory_config
     from metaplastic.tasks import build_task
 
     check_finite_numbers(data)
@@ -293,9 +304,11 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     # coerced to their declared types: the saved config.yaml and checkpoint then describe the
     # run fully, and ``coef_init=1e-4`` (a string to YAML 1.1), ``0.0001`` or leaving a default
     # implicit all give equal configs, so resuming is not blocked by spelling.
-    full = dataclasses.replace(cfg, task=to_plain(build_task(cfg.task)), rule=to_plain(build_rule_section(cfg.rule)))
+    rule = build_rule_section(cfg.rule)
+    full = dataclasses.replace(cfg, task=to_plain(build_task(cfg.task)), rule=to_plain(rule))
     check_finite_numbers(full.to_dict())  # again after coercion: "1e300" reaches here as a string
     check_memory_config(full)
+    check_lifetime_path(full, rule)
     return full
 
 

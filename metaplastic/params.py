@@ -1,17 +1,19 @@
 """Meta-parameters as one flat dict of tensors whose key prefix names the group.
 
-Groups: ``init`` (initial weights and biases of every layer, frozen ones included),
-``feedback`` (feedback pathways), ``coef`` (plasticity coefficients), ``beta`` (feedback
-strengths), ``lr`` (inner step sizes), ``inverse`` (initial inverse networks of target
-propagation), ``tp`` (target propagation's alpha and noise sigma). The meta-trainer gives each
-group its own optimiser.
+Which groups exist is declared where the parameters are made, not listed here: every learner
+has ``init`` (initial weights and biases of every layer, frozen ones included); a plasticity
+rule adds its own in its ``groups`` attribute (e.g. FLP: ``feedback``, ``coef``, ``beta``); the
+meta-trainer gives each declared group its own optimiser and ``meta.lr.<group>`` its learning
+rate. ``group_of`` is the one place that reads a group out of a key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from torch import Tensor
 
-GROUPS = ("init", "feedback", "coef", "beta", "lr", "inverse", "tp")
+INIT = "init"  # the group every learner has: the network's initial weights
 
 
 def group_of(key: str) -> str:
@@ -26,3 +28,16 @@ def select(params: dict[str, Tensor], group: str) -> dict[str, Tensor]:
 
 def prefixed(params: dict[str, Tensor], group: str) -> dict[str, Tensor]:
     return {f"{group}.{k}": v for k, v in params.items()}
+
+
+def by_group(params: Iterable[str], groups: tuple[str, ...], owner: str) -> dict[str, list[str]]:
+    """The keys of every declared group, in the order of ``groups``; a key of an undeclared group
+    is a rule that forgot to declare it, which would otherwise never be meta-trained."""
+    out: dict[str, list[str]] = {g: [] for g in groups}
+    for key in params:
+        group = group_of(key)
+        if group not in out:
+            raise ValueError(f"{owner} made meta-parameter '{key}' of group '{group}', which it does not declare "
+                             f"(declared: {', '.join(groups)}): add it to the rule's groups")
+        out[group].append(key)
+    return out

@@ -15,14 +15,15 @@ of one shape, which the fused path updates together.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from metaplastic.config import config_from_dict
+from metaplastic.config import UnrollConfig, config_from_dict
 from metaplastic.meta import Experiment
-from metaplastic.meta.lifetime import run_lifetime, use_fused_lifetime
+from metaplastic.meta.lifetime import run_lifetime
 from metaplastic.meta.objective import meta_loss
 
 ACT = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda v: v}
@@ -148,9 +149,12 @@ def assert_close(got: dict, want: dict, rtol: float = 1e-9) -> None:
         assert err < rtol, f"{k}: relative error {float(err):.3g}"
 
 
+STEP = UnrollConfig(path="step")  # the step-by-step graph, the reference of the fused path
+
+
 def library_loss(exp: Experiment, meta: dict, fused: bool = True) -> torch.Tensor:
-    with use_fused_lifetime(fused):
-        return meta_loss(exp.net, exp.rule, meta, exp.training_episodes(0), exp.loss)
+    unroll = UnrollConfig(path="fused") if fused else STEP
+    return meta_loss(exp.net, exp.rule, meta, exp.training_episodes(0), exp.loss, unroll)
 
 
 def fused_node(tensor: torch.Tensor) -> bool:
@@ -271,8 +275,8 @@ def test_dispatch():
     key = f"layers.{exp.net.plastic_layers[0]}.weight"
 
     assert fused_node(run_lifetime(exp.net, exp.rule, meta, x, y, exp.loss)[key])
-    with use_fused_lifetime(False):
-        assert not fused_node(run_lifetime(exp.net, exp.rule, meta, x, y, exp.loss)[key])
+    assert fused_node(run_lifetime(exp.net, exp.rule, meta, x, y, exp.loss, UnrollConfig(path="fused"))[key])
+    assert not fused_node(run_lifetime(exp.net, exp.rule, meta, x, y, exp.loss, STEP)[key])
     # data that needs a gradient takes the general path
     x_grad = x.clone().requires_grad_(True)
     assert not fused_node(run_lifetime(exp.net, exp.rule, meta, x_grad, y, exp.loss)[key])
@@ -300,10 +304,11 @@ def test_meta_trainer_step_uses_fused_path():
 
     cfg = make_experiment({"form": "oja", "plastic_bias": True}, meta_batch=2).config
     results = []
-    for fused in (True, False):
-        trainer = MetaTrainer(Experiment.from_config(copy.deepcopy(cfg)))
-        with use_fused_lifetime(fused):
-            metrics = trainer.meta_step()
+    for path in ("fused", "step"):
+        changed = cfg.replace(meta=dataclasses.replace(cfg.meta, unroll=UnrollConfig(path=path)))
+        trainer = MetaTrainer(Experiment.from_config(copy.deepcopy(changed)))
+        assert trainer.lifetime is not None and trainer.lifetime.fused == (path == "fused")
+        metrics = trainer.meta_step()
         results.append((metrics, {k: v.detach().clone() for k, v in trainer.meta.items()}))
     (m1, p1), (m2, p2) = results
     assert m1["meta_loss"] == pytest.approx(m2["meta_loss"], rel=1e-12)

@@ -4,6 +4,8 @@ FLP path and on the generic step-by-step path."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import tiny_config_dict
@@ -12,7 +14,7 @@ from test_fast_paths import GROUPS, fused_node, make_experiment, perturbed_meta
 from metaplastic.config import UnrollConfig, config_from_dict
 from metaplastic.errors import ConfigError
 from metaplastic.meta import Experiment
-from metaplastic.meta.lifetime import run_lifetime, use_fused_lifetime
+from metaplastic.meta.lifetime import run_lifetime
 from metaplastic.meta.objective import meta_loss
 from metaplastic.meta.trainer import MetaTrainer
 from metaplastic.params import select
@@ -28,8 +30,8 @@ def grads_of(loss: torch.Tensor, meta: dict) -> dict[str, torch.Tensor]:
 
 
 def loss_and_grads(exp: Experiment, meta: dict, unroll: UnrollConfig, fused: bool = True):
-    with use_fused_lifetime(fused):
-        loss = meta_loss(exp.net, exp.rule, meta, exp.training_episodes(0), exp.loss, unroll)
+    unroll = dataclasses.replace(unroll, path="auto" if fused else "step")
+    loss = meta_loss(exp.net, exp.rule, meta, exp.training_episodes(0), exp.loss, unroll)
     return loss.detach(), grads_of(loss, meta)
 
 

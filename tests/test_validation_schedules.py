@@ -14,13 +14,12 @@ from conftest import tiny_config
 from test_checkpoint_resume import assert_same_state
 
 from metaplastic.cli.main import main
-from metaplastic.config import config_from_dict
+from metaplastic.config import UnrollConfig, config_from_dict
 from metaplastic.errors import CheckpointError, ConfigError
 from metaplastic.evaluation.checkpoint_eval import load_trainer
 from metaplastic.evaluation.validation import validate
 from metaplastic.losses import CrossEntropyLoss
 from metaplastic.meta import Experiment, train
-from metaplastic.meta.lifetime import use_fused_lifetime
 from metaplastic.meta.objective import meta_loss
 from metaplastic.schedules import ScheduleConfig
 from metaplastic.tasks.classification import ClassificationStream
@@ -208,8 +207,7 @@ def test_fused_cross_entropy_error_signal_matches_the_step_path(output_target):
     keys = list(meta)
     grads = {}
     for fused in (True, False):
-        with use_fused_lifetime(fused):
-            value = meta_loss(exp.net, exp.rule, meta, episodes, exp.loss)
+        value = meta_loss(exp.net, exp.rule, meta, episodes, exp.loss, UnrollConfig(path="fused" if fused else "step"))
         grads[fused] = (value, torch.autograd.grad(value, [meta[k] for k in keys]))
     assert torch.isclose(grads[True][0], grads[False][0], rtol=1e-12)
     for k, a, b in zip(keys, grads[True][1], grads[False][1]):

@@ -6,8 +6,9 @@ torch calls read and write every weight-sized tensor 4-6 times per inner step, a
 ``$METAPLASTIC_CACHE`` (default ``~/.cache/metaplastic``) with ``cc -O3 -march=native -fopenmp``,
 atomically, and loaded with ctypes; no torch headers are needed, so the build takes about a
 second. Without a compiler, on other devices, for non-contiguous or broadcast layouts the
-kernels don't apply, or with ``METAPLASTIC_NATIVE=0``, callers use their torch code instead:
-same values up to float rounding.
+kernels don't apply, with ``meta.unroll.kernels: torch`` (``metaplastic.lifetime_paths``) or with
+the override ``METAPLASTIC_NATIVE=0``, callers use their torch code instead: same values up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -62,9 +63,18 @@ def _build() -> ctypes.CDLL | None:
     return lib
 
 
+def disabled_by_environment() -> bool:
+    """``METAPLASTIC_NATIVE=0``: the override that turns the kernels off whatever the config says."""
+    return os.environ.get("METAPLASTIC_NATIVE", "1") == "0"
+
+
+def supports(dtype: torch.dtype) -> bool:
+    return dtype in _SUFFIX
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None when they are disabled or cannot be built."""
-    if os.environ.get("METAPLASTIC_NATIVE", "1") == "0":
+    if disabled_by_environment():
         return None
     if "lib" not in _state:
         _state["lib"] = _build()

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from metaplastic.config import ExperimentConfig, UnrollConfig
 from metaplastic.errors import ConfigError
+from metaplastic.lifetime_paths import SUPPORT, LifetimePath, choose_path
 from metaplastic.losses import Loss, get_loss
 from metaplastic.memory import build_memory, is_memory
 from metaplastic.meta.learner import Learner, MemoryStreamLearner, PlasticLearner, check_memory_config
@@ -79,11 +80,15 @@ class Experiment:
             )
             n_in = encoder.out_features
             unroll = config.meta.unroll
-            if conv.plastic and (unroll.mode != "full" or unroll.compile):
+            support = SUPPORT["plastic_conv"]
+            if conv.plastic and (unroll.mode not in support.modes or (unroll.compile and not support.compile)):
                 raise ConfigError(
-                    f"network.conv.plastic supports only meta.unroll.mode 'full' without compile, "
+                    f"network.conv.plastic supports only meta.unroll.mode {', '.join(support.modes)} without compile, "
                     f"got mode '{unroll.mode}'{' with compile' if unroll.compile else ''}"
                 )
+            if conv.plastic and (unroll.path == "fused" or unroll.kernels != "auto"):
+                raise ConfigError("network.conv.plastic runs its own step-by-step lifetime: leave meta.unroll.path "
+                                  "and meta.unroll.kernels auto (or path step)")
         loss = get_loss(task.loss_name)
         if is_memory(config.rule):
             check_memory_config(config)
@@ -122,6 +127,19 @@ class Experiment:
         for key in self.fixed_meta_keys():
             meta[key] = torch.zeros_like(meta[key])
         return {k: v.to(self.device) for k, v in meta.items()}
+
+    def groups(self) -> tuple[str, ...]:
+        """The meta-parameter groups, in the order their optimisers run: the learner's, then the
+        plastic convs' step sizes (``lr``) when it has none."""
+        groups = self.learner.groups
+        return groups + ("lr",) if self.plastic_conv and "lr" not in groups else groups
+
+    def lifetime_path(self) -> LifetimePath | None:
+        """The lifetime path training takes (None: a memory learner or plastic convs, which have
+        one path each)."""
+        if self.net is None or self.plastic_conv:
+            return None
+        return choose_path(self.rule, self.config.meta.unroll, self.device, self.config.torch_dtype)
 
     def fixed_meta_keys(self) -> set[str]:
         """Meta-parameters held at their initial value whatever ``meta.lr`` says: the output

@@ -25,12 +25,13 @@ from torch import Tensor
 from metaplastic.config import UnrollConfig
 from metaplastic.config_utils import build_named
 from metaplastic.errors import ConfigError, ShapeError
+from metaplastic.lifetime_paths import SUPPORT, check_path_config, check_support
 from metaplastic.losses import Loss
 from metaplastic.memory import MEMORY_LEARNERS, MemoryLearner, is_memory
 from metaplastic.memory.stream import boundary_states, final_state
 from metaplastic.meta.lifetime import FULL, iterate_lifetime, run_lifetime
 from metaplastic.networks import MLP
-from metaplastic.params import prefixed
+from metaplastic.params import INIT, prefixed
 from metaplastic.rules import RULES, Rule
 from metaplastic.tasks import Episodes
 
@@ -40,6 +41,11 @@ ANALYSES = ("alignment", "interference", "overlap", "forgetting")
 
 class Learner(Protocol):
     analyses: tuple[str, ...]
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Its meta-parameter groups, ``init`` first: each gets an optimiser and ``meta.lr.<group>``."""
+        ...
 
     def init(self, generator: torch.Generator, dtype: torch.dtype) -> dict[str, Tensor]: ...
 
@@ -63,8 +69,12 @@ class PlasticLearner:
     loss: Loss
     analyses: tuple[str, ...] = ANALYSES
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (INIT, *self.rule.groups)
+
     def init(self, generator: torch.Generator, dtype: torch.dtype) -> dict[str, Tensor]:
-        return {**prefixed(self.net.init(generator, dtype), "init"), **self.rule.init(self.net, generator, dtype)}
+        return {**prefixed(self.net.init(generator, dtype), INIT), **self.rule.init(self.net, generator, dtype)}
 
     def final_state(self, meta: dict[str, Tensor], episodes: Episodes, unroll: UnrollConfig = FULL) -> State:
         return run_lifetime(self.net, self.rule, meta, episodes.x, episodes.y, self.loss, unroll)
@@ -96,6 +106,10 @@ class MemoryStreamLearner:
     n_in: int
     n_out: int
     analyses: tuple[str, ...] = ("forgetting",)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (INIT,)  # its parameters are keyed init.<name>.*
 
     def init(self, generator: torch.Generator, dtype: torch.dtype) -> dict[str, Tensor]:
         return self.memory.init(self.n_in, self.n_out, generator, dtype)
@@ -147,8 +161,17 @@ def check_memory_config(config: Any) -> None:
         raise ConfigError(f"{what}: network.reset_output has no meaning for it")
     if net.conv is not None and net.conv.plastic:
         raise ConfigError(f"{what}: network.conv.plastic is not supported with it (the convs are frozen features)")
-    if unroll.mode == "first_order":
-        raise ConfigError(f"meta.unroll.mode 'first_order' has no meaning for memory learner '{name}' "
-                          "(it makes no inner updates): use full, checkpoint or truncate")
-    if unroll.compile:
-        raise ConfigError(f"meta.unroll.compile is not supported for memory learner '{name}'")
+    modes = SUPPORT["memory"].modes
+    if unroll.mode not in modes:
+        raise ConfigError(f"meta.unroll.mode '{unroll.mode}' has no meaning for memory learner '{name}' "
+                          f"(it makes no inner updates): use {', '.join(modes)}")
+    check_support("memory", unroll.mode, unroll.compile, f"memory learner '{name}'")
+    for key in ("path", "kernels"):
+        if getattr(unroll, key) != "auto":
+            raise ConfigError(f"meta.unroll.{key} has no meaning for memory learner '{name}' (leave it auto)")
+
+
+def check_lifetime_path(config: Any, rule: Any) -> None:
+    """One-line ConfigErrors for a ``meta.unroll.path`` / ``kernels`` the rule cannot take."""
+    if not is_memory(config.rule):
+        check_path_config(rule, config.meta.unroll, config.device, config.rule["name"])

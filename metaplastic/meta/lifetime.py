@@ -4,9 +4,10 @@ Plastic weights start as the shared meta-learned initial weights; the first upda
 them to one copy per task, so a meta-batch of T tasks costs one batched matmul per layer and
 no Python loop over tasks. Frozen layers stay shared for the whole lifetime.
 
-``run_lifetime`` takes a rule's fused path when the rule has one (``rule.fused_lifetime``,
-same values, one autograd node for the whole lifetime) and a meta-gradient is being recorded;
-``use_fused_lifetime(False)`` turns that off, e.g. to compare against the step-by-step graph.
+``run_lifetime`` takes the path ``unroll.path`` / ``unroll.kernels`` choose
+(``metaplastic.lifetime_paths``): by default a rule's fused path when it has one
+(``rule.fused_lifetime``, same values, one autograd node for the whole lifetime), while a
+meta-gradient is being recorded; ``path: step`` runs the step-by-step graph instead.
 
 ``unroll`` (``meta.unroll`` in configs) chooses how the meta-gradient goes through the inner
 loop: full, checkpointed segments (same numbers, less memory), truncated to the last K steps,
@@ -17,7 +18,6 @@ or first order. The fused path does all four itself; everything else runs step b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from metaplastic.config import UnrollConfig
 from metaplastic.errors import ShapeError
+from metaplastic.lifetime_paths import choose_path
 from metaplastic.losses import Loss
 from metaplastic.networks import MLP
 from metaplastic.params import select
@@ -57,28 +58,14 @@ def iterate_lifetime(
         yield step, weights
 
 
-_FUSED = {"enabled": True}
-
-
-@contextmanager
-def use_fused_lifetime(enabled: bool) -> Iterator[None]:
-    """Enable or disable rules' fused lifetime paths inside the block."""
-    previous = _FUSED["enabled"]
-    _FUSED["enabled"] = enabled
-    try:
-        yield
-    finally:
-        _FUSED["enabled"] = previous
-
-
 FULL = UnrollConfig()
 
 
-def _takes_fused_path(rule: Rule, meta: dict[str, Tensor], x: Tensor, y: Tensor, unroll: UnrollConfig) -> bool:
+def _records_meta_gradient(meta: dict[str, Tensor], x: Tensor, y: Tensor) -> bool:
+    """Whether the fused lifetime applies: a gradient to the meta-parameters only (the fused
+    node gives none to the data) over at least one step."""
     return (
-        _FUSED["enabled"]
-        and hasattr(rule, "fused_lifetime")
-        and torch.is_grad_enabled()
+        torch.is_grad_enabled()
         and x.shape[1] > 0
         and any(v.requires_grad for v in meta.values())
         and not (x.requires_grad or y.requires_grad)
@@ -90,12 +77,13 @@ def run_lifetime(
 ) -> dict[str, Tensor]:
     """Weights at the end of the lifetime, with the meta-gradient path ``unroll`` asks for."""
     check_stream(net, x, y)
-    if _takes_fused_path(rule, meta, x, y, unroll):
+    path = choose_path(rule, unroll, x.device, x.dtype) if _records_meta_gradient(meta, x, y) else None
+    if path is not None and path.fused:
         n_steps = x.shape[1]
         segment = unroll.segment_length(n_steps) if unroll.mode == "checkpoint" else 0
         return rule.fused_lifetime(
             net, meta, x, y, loss, segment=segment, start=unroll.first_graph_step(n_steps),
-            first_order=unroll.mode == "first_order",
+            first_order=unroll.mode == "first_order", kernels=path.native,
         )
     weights = select(meta, "init")
     prepared = rule.prepare(net, meta)

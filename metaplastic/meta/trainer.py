@@ -29,7 +29,7 @@ from metaplastic.meta.checkpoint import CHECKPOINT_FILES, atomic_write_text, loa
 from metaplastic.meta.distributed import Parallel, check_divisible
 from metaplastic.meta.experiment import Experiment
 from metaplastic.meta.run_lock import RunLock
-from metaplastic.params import GROUPS, group_of
+from metaplastic.params import by_group, group_of
 from metaplastic.schedules import schedule_for
 from metaplastic.tasks import check_finite
 
@@ -48,8 +48,9 @@ class MetaTrainer:
         self.meta = {k: v.detach().clone() for k, v in initial.items()}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         fixed = experiment.fixed_meta_keys()
-        for group in GROUPS:
-            keys = [k for k in self.meta if group_of(k) == group and k not in fixed]
+        self.lifetime = experiment.lifetime_path()  # resolved once, logged at train start
+        for group, members in by_group(self.meta, experiment.groups(), f"rule '{cfg.rule['name']}'").items():
+            keys = [k for k in members if k not in fixed]
             lr = cfg.meta.lr.get(group)
             if not keys or lr is None:
                 continue
@@ -333,6 +334,8 @@ def _train_into(
     ckpt = run_dir / CHECKPOINT_FILES["last"]
     best_ckpt = run_dir / CHECKPOINT_FILES["best"]
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if trainer.lifetime is not None:
+        print(f"metaplastic: {config.name}: {trainer.lifetime.describe()}", file=sys.stderr)
     metrics_path = run_dir / "metrics.jsonl"
     kept = _read_metrics(metrics_path, trainer.step)
     atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))

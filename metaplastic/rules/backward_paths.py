@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -59,6 +60,7 @@ def layer_gradients(net: MLP, deltas: dict[int, Tensor], trace: Trace) -> dict[s
 
 @dataclass(frozen=True)
 class BackwardPathRule:
+    groups: ClassVar[tuple[str, ...]] = ("feedback", "lr")  # meta-parameter groups besides init
     name: str = "fa"
     lr_init: float = 0.01
     lr_scope: str = "layer"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,7 @@ def _inverse_sigmoid(y: float) -> float:
 
 @dataclass(frozen=True)
 class FLPRule:
+    groups: ClassVar[tuple[str, ...]] = ("feedback", "coef", "beta")  # meta-parameter groups besides init
     name: str = "flp"
     form: str = "oja"
     scope: str = "synapse"
@@ -205,16 +207,18 @@ class FLPRule:
     # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------
     def fused_lifetime(
         self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, segment: int = 0, start: int = 0,
-        first_order: bool = False,
+        first_order: bool = False, kernels: bool = True,
     ) -> dict[str, Tensor]:
         """Weights at the end of a lifetime, the same values as iterating ``step``, as one
         autograd node with a hand-written backward pass (see ``hebbian_lifetime``): much less
         time and memory for the meta-gradient. ``segment`` > 0 checkpoints every ``segment``
         steps; the meta-gradient goes through steps ``start`` onwards (truncation);
-        ``first_order`` takes every update at detached weights."""
+        ``first_order`` takes every update at detached weights; ``kernels`` lets the native
+        kernels run where they apply."""
         return hebbian_lifetime(
             net, _FLPTargets(self, net, loss), select(meta, "init"), self.prepare(net, meta), x, y,
             self.form == "oja", self.plastic_bias, segment=segment, start=start, first_order=first_order,
+            kernels=kernels,
         )
 
 

@@ -60,11 +60,12 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad
 
 
-def _hebbian_forward(w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool) -> Tensor:
-    """The new weights, computed into one fresh buffer (no graph)."""
+def _hebbian_forward(w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool, kernels: bool = True) -> Tensor:
+    """The new weights, computed into one fresh buffer (no graph); ``kernels``: the native
+    kernel may do the elementwise pass where it applies."""
     m = torch.matmul(t.transpose(-1, -2), h)
     s = (t * t).sum(-2).unsqueeze(-1) if oja else None
-    if native.hebbian_forward(m, w, p, s):
+    if kernels and native.hebbian_forward(m, w, p, s):
         return m
     if s is not None:
         m.addcmul_(s, w, value=-1.0)
@@ -168,6 +169,7 @@ class _LifetimeSpec:
     segment: int = 0  # > 0: keep the state every `segment` steps, recompute the rest backward
     start: int = 0  # the first step the meta-gradient goes through (truncation)
     first_order: bool = False  # updates taken at detached weights: W' = W + u(stopgrad W)
+    kernels: bool = True  # the native kernels may run the weight-sized passes (meta.unroll.kernels)
 
     def keeps_state(self, step: int) -> bool:
         """Whether the forward pass saves the state before ``step`` (step 0's is the input)."""
@@ -221,6 +223,7 @@ def _adjoint_step(
     scratch: Tensor | None,
     grad_p: Tensor | None,
     first_order: bool = False,
+    kernels: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Backward of W' = update(W, P, T, H) for a group of layers (leading dimension), in place.
 
@@ -229,9 +232,10 @@ def _adjoint_step(
     None when P needs none) gets dL/dP added. ``d`` and ``scratch`` (needed for Oja or dL/dP)
     are buffers of g's shape. Returns dL/dT and dL/dH. ``first_order``: W inside the update is
     a constant, so ``g`` passes through unchanged (identity path only), and the activities are
-    constants too (dL/dH is None).
+    constants too (dL/dH is None). ``kernels``: the native kernel may do the weight-sized passes.
     """
-    done, d_s = (False, None) if first_order else _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p)
+    native_ok = kernels and not first_order
+    done, d_s = _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p) if native_ok else (False, None)
     if done:
         grad_t = torch.matmul(h, d.transpose(-1, -2))
         if d_s is not None:
@@ -282,7 +286,7 @@ def _run_steps(
         for g, group in enumerate(spec.groups):
             t = _stack([targets[l] for l in group])
             h = _stack([trace.inputs[l] for l in group])
-            state[g] = _hebbian_forward(state[g], coefs[g], t, h, spec.oja)
+            state[g] = _hebbian_forward(state[g], coefs[g], t, h, spec.oja, spec.kernels)
         new_bias = {
             bias_key(l): hebbian_bias_update(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l], spec.oja)
             for l in spec.net.plastic_layers
@@ -457,7 +461,7 @@ class _HebbianLifetime(torch.autograd.Function):
                 grad_t, grad_h = _adjoint_step(
                     adj[g], state[g], coefs[g], t, h, oja,
                     buf_d[:size].view(adj[g].shape), buf_m[:size].view(adj[g].shape), grad_coefs[g],
-                    spec.first_order,
+                    spec.first_order, spec.kernels,
                 )
                 for j, l in enumerate(group):
                     grad_targets[l] = grad_t[j]
@@ -543,6 +547,7 @@ def hebbian_lifetime(
     segment: int = 0,
     start: int = 0,
     first_order: bool = False,
+    kernels: bool = True,
 ) -> dict[str, Tensor]:
     """Weights after a lifetime of Hebb/Oja steps, as one autograd node.
 
@@ -551,6 +556,7 @@ def hebbian_lifetime(
     instead of S). ``start`` > 0 truncates the meta-gradient to steps ``start`` .. S-1: the
     state before is a constant, so the plastic layers' initial weights get zero gradient.
     ``first_order`` computes every update at detached weights (W' = W + u(stopgrad W)).
+    ``kernels`` False keeps the native kernels out (``meta.unroll.kernels: torch``).
 
     ``model`` gives the target activity of every plastic layer and its backward pass (see
     ``TargetModel``) from the prepared parameters other than the coefficients. Layer l's
@@ -560,7 +566,7 @@ def hebbian_lifetime(
     """
     groups = _groups(net, weights, prepared)
     spec = _LifetimeSpec(
-        net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order
+        net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order, kernels
     )
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())
     final = dict(weights)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -60,6 +61,7 @@ TERMS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]] = {
 
 @dataclass(frozen=True)
 class PolynomialRule:
+    groups: ClassVar[tuple[str, ...]] = ("feedback", "coef", "beta")  # meta-parameter groups besides init
     name: str = "poly"
     terms: dict[str, str] = field(default_factory=lambda: {"pre_target": "synapse", "target2_w": "synapse"})
     coef_init: dict[str, float] = field(default_factory=dict)

@@ -12,6 +12,7 @@ meta-gradient (dW_T/dW_0 = I for the plastic layers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,6 +25,7 @@ from metaplastic.params import prefixed, select
 
 @dataclass(frozen=True)
 class SGDRule:
+    groups: ClassVar[tuple[str, ...]] = ("lr",)  # meta-parameter groups besides init
     name: str = "sgd"
     lr_init: float = 0.003
     lr_scope: str = "layer"

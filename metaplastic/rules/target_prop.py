@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -46,6 +47,7 @@ SCHEDULES = ("parallel", "alternating")
 
 @dataclass(frozen=True)
 class TargetPropRule:
+    groups: ClassVar[tuple[str, ...]] = ("lr", "inverse", "tp")  # meta-parameter groups besides init
     name: str = "dtp"
     lr_init: float = 0.01
     lr_scope: str = "layer"

@@ -15,7 +15,7 @@ before the bias correction (the Adam paper's "epsilon hat"), torch.optim.Adam af
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ OPTIMISERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax"
 
 @dataclass(frozen=True)
 class TorchOptimRule:
+    groups: ClassVar[tuple[str, ...]] = ("lr",)  # meta-parameter groups besides init
     name: str = "torch_optim"
     optimizer: str = "SGD"
     lr_init: float = 0.01

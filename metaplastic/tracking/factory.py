@@ -106,7 +106,11 @@ class TrainingTracking:
     def __call__(self, trainer: Any, metrics: dict[str, float]) -> None:
         if self.tracker is None:
             cfg = self.config
-            self.tracker = make_tracker(cfg.run_dir, "train", cfg.to_dict(), self.mode, name=cfg.name, group=self.group)
+            record = cfg.to_dict()
+            lifetime = getattr(trainer, "lifetime", None)
+            if lifetime is not None:  # the path meta.unroll's path / kernels resolved to on this machine
+                record["lifetime"] = lifetime.as_dict()
+            self.tracker = make_tracker(cfg.run_dir, "train", record, self.mode, name=cfg.name, group=self.group)
             self.callback = training_callback(self.tracker, cfg.meta.log_every, cfg.meta.steps)
         self.callback(trainer, metrics)
 
