@@ -87,3 +87,21 @@ def test_every_shipped_rule_declares_what_it_makes(name: str) -> None:
     net = MLP.build([1, 5, 4, 1], "tanh", "identity", None)
     groups = {k.split(".", 1)[0] for k in rule.init(net, torch.Generator().manual_seed(0), torch.float64)}
     assert groups <= set(rule.groups), (name, groups, rule.groups)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("plastic", [None, [1, 2]])
+def test_sgd_is_the_bp_path_plus_a_step(scope: str, plastic: list[int] | None) -> None:
+    """One backward sweep for both: the same meta-loss and meta-gradients, bitwise."""
+    network = {"hidden": [6, 5], "activation": "tanh", **({"plastic": plastic} if plastic else {})}
+    results = []
+    for name in ("sgd", "bp"):
+        rule = {"name": name, "lr_init": 0.05, "lr_scope": scope}
+        cfg = config_from_dict(tiny_config_dict(network=network, rule=rule, meta={"lr": {"init": 1e-3, "lr": 1e-3}}))
+        trainer = MetaTrainer(Experiment.from_config(cfg))
+        metrics = trainer.meta_step()
+        meta = {k: v.detach() for k, v in trainer.meta.items()}
+        results.append((metrics["meta_loss"], metrics["grad_norm/total"], meta))
+    (loss_a, norm_a, meta_a), (loss_b, norm_b, meta_b) = results
+    assert (loss_a, norm_a) == (loss_b, norm_b)
+    assert meta_a.keys() == meta_b.keys() and all(torch.equal(meta_a[k], meta_b[k]) for k in meta_a)

@@ -19,6 +19,7 @@ brSF redraws its magnitudes every step (seeded by ``noise_seed`` and the step in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -139,25 +140,54 @@ class BackwardPathRule:
         loss: Loss, step: int = 0,
     ) -> dict[int, Tensor]:
         """Teaching signals delta_l (dL/da_l for bp) of every layer down to the lowest plastic one."""
+        if self.name != "dfa":
+            return dict(self._chain(net, weights, prepared, trace, target, loss, step))
         last = len(net.layers) - 1
         deltas = {last: output_delta(net, trace, target, loss)}
-        lowest = min(net.plastic_layers)
-        for l in range(last - 1, lowest - 1, -1):
+        for l in range(last - 1, min(net.plastic_layers) - 1, -1):
             phi_prime = get_activation(net.layers[l].activation).derivative(trace.pre[l])
-            if self.name == "dfa":
-                if self._true_path(net, l):
-                    g = torch.matmul(deltas[last], weights[weight_key(last)])
-                elif not net.layers[l].plastic:
-                    continue  # DFA needs no signal in a frozen layer
-                else:
-                    g = torch.matmul(deltas[last], prepared[f"feedback.{l}.weight"])
+            if self._true_path(net, l):
+                g = torch.matmul(deltas[last], weights[weight_key(last)])
+            elif not net.layers[l].plastic:
+                continue  # DFA needs no signal in a frozen layer
             else:
-                m = weights[weight_key(l + 1)] if self._true_path(net, l + 1) else self.backward_matrix(
-                    l + 1, weights, prepared, step
-                )
-                g = torch.matmul(deltas[l + 1], m)
+                g = torch.matmul(deltas[last], prepared[f"feedback.{l}.weight"])
             deltas[l] = g * phi_prime
         return deltas
+
+    def _chain(
+        self, net: MLP, weights: dict[str, Tensor], prepared: dict[str, Tensor], trace: Trace, target: Tensor,
+        loss: Loss, step: int,
+    ) -> Iterator[tuple[int, Tensor]]:
+        """(l, delta_l) from the output down, each carried to l - 1 by M_l (W_l for bp) only
+        after the caller has used it (the chain paths: all but dfa)."""
+        last, lowest = len(net.layers) - 1, min(net.plastic_layers)
+        delta = output_delta(net, trace, target, loss)
+        for l in range(last, lowest - 1, -1):
+            yield l, delta
+            if l > lowest:
+                phi_prime = get_activation(net.layers[l - 1].activation).derivative(trace.pre[l - 1])
+                true = self._true_path(net, l)
+                m = weights[weight_key(l)] if true else self.backward_matrix(l, weights, prepared, step)
+                delta = torch.matmul(delta, m) * phi_prime
+
+    def gradients(
+        self, net: MLP, weights: dict[str, Tensor], prepared: dict[str, Tensor], trace: Trace, target: Tensor,
+        loss: Loss, step: int = 0,
+    ) -> dict[str, Tensor]:
+        """delta_l^T h_{l-1} and sum_b delta_l of every plastic layer.
+
+        On the chain paths each layer's gradient is taken before its signal goes further down,
+        in one sweep: inner-loop SGD's backward pass (``SGDRule`` is this sweep on the bp path),
+        whose order of operations the meta-gradient's float rounding follows."""
+        if self.name == "dfa":
+            return layer_gradients(net, self.deltas(net, weights, prepared, trace, target, loss, step), trace)
+        grads = {}
+        for l, delta in self._chain(net, weights, prepared, trace, target, loss, step):
+            if net.layers[l].plastic:
+                grads[weight_key(l)] = torch.matmul(delta.transpose(-1, -2), trace.inputs[l])
+                grads[bias_key(l)] = delta.sum(-2)
+        return grads
 
     def step(
         self,
@@ -171,7 +201,7 @@ class BackwardPathRule:
         if not net.plastic_layers:
             return {}
         step = step_index(weights)
-        grads = layer_gradients(net, self.deltas(net, weights, prepared, trace, target, loss, step), trace)
+        grads = self.gradients(net, weights, prepared, trace, target, loss, step)
         new = descend(weights, grads, prepared, self.lr_scope, self.batch_manhattan)
         if self.name == "brsf":
             new.update(next_step(weights, trace.output.device))
