@@ -126,6 +126,14 @@ def test_one_table_of_supported_modes() -> None:
     assert SUPPORT["step"].compile and not SUPPORT["fused"].compile
 
 
+def test_train_prints_the_path_once_with_progress(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from metaplastic.meta import train
+
+    cfg = config_from_dict(tiny_config_dict(meta={"steps": 2, "unroll": {"path": "step"}}, out_dir=str(tmp_path)))
+    train(cfg, progress=True)
+    assert capsys.readouterr().err.count("metaplastic: tiny: lifetime path step\n") == 1
+
+
 def test_path_is_part_of_the_saved_config() -> None:
     cfg = config_from_dict(tiny_config_dict(meta={"unroll": {"path": "step"}}))
     assert cfg.to_dict()["meta"]["unroll"]["path"] == "step"

@@ -334,7 +334,7 @@ def _train_into(
     ckpt = run_dir / CHECKPOINT_FILES["last"]
     best_ckpt = run_dir / CHECKPOINT_FILES["best"]
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    if trainer.lifetime is not None:
+    if progress and trainer.lifetime is not None:  # with the progress bar; always in the tracking config
         print(f"metaplastic: {config.name}: {trainer.lifetime.describe()}", file=sys.stderr)
     metrics_path = run_dir / "metrics.jsonl"
     kept = _read_metrics(metrics_path, trainer.step)
