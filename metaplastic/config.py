@@ -74,7 +74,7 @@ class UnrollConfig:
 
     ``compile`` runs the inner step of the step-by-step path (rules without a fused lifetime)
     through ``torch.compile``: a one-off compilation (tens of seconds), then
-    faster steps; the fused FLP path is hand-written and not compiled.
+    faster steps; the fused path (FLP, poly) is hand-written and not compiled.
 
     ``path`` (``auto``, ``fused``, ``step``) and ``kernels`` (``auto``, ``native``, ``torch``)
     choose which implementation computes that gradient: see ``metaplastic.lifetime_paths``,

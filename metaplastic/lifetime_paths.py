@@ -3,7 +3,7 @@
 Two paths give the same values (up to float rounding) and differ in time and memory:
 
 - ``fused``: the rule's ``fused_lifetime``, one autograd node for the whole lifetime with a
-  hand-written reverse pass (FLP's Hebb and Oja forms today);
+  hand-written reverse pass (FLP's Hebb and Oja forms, and the polynomial rule's term pools);
 - ``step``: the rule's ``step`` iterated under autograd (every rule has it).
 
 ``meta.unroll.path`` chooses: ``auto`` (the fused path where the rule has one, as before this

@@ -216,14 +216,14 @@ class FLPRule:
         ``first_order`` takes every update at detached weights; ``kernels`` lets the native
         kernels run where they apply."""
         return hebbian_lifetime(
-            net, _FLPTargets(self, net, loss), select(meta, "init"), self.prepare(net, meta), x, y,
+            net, FLPTargets(self, net, loss), select(meta, "init"), self.prepare(net, meta), x, y,
             self.form == "oja", self.plastic_bias, segment=segment, start=start, first_order=first_order,
             kernels=kernels,
         )
 
 
 @dataclass(frozen=True)
-class _FLPTargets:
+class FLPTargets:
     """FLP's target activities for ``hebbian_lifetime`` (see ``TargetModel``)."""
 
     rule: FLPRule

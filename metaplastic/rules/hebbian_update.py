@@ -28,6 +28,10 @@ Two levels:
   this module, the rule's target activities by the rule (``TargetModel``). Same math as the
   step-by-step graph; only float roundoff differs (tests/test_fast_paths.py checks it against
   plain autograd in float64).
+
+The weight-sized algebra is a slot (``PlasticUpdate``): ``HebbOja`` above (with the native
+kernels), or any pool of polynomial terms (``term_pool.TermPool``, ``PolynomialRule``); the
+memory modes (checkpoint, truncation, first order) live in the lifetime machinery, not in it.
 """
 
 from __future__ import annotations
@@ -157,6 +161,47 @@ def _add(a: Tensor | None, b: Tensor) -> Tensor:
     return b if a is None else a + b
 
 
+class PlasticUpdate(Protocol):
+    """The weight-sized algebra of a rule's update W' = W + u(W, x, h, t; c), for a group of
+    layers stacked on the leading dimension (see ``HebbOja`` and ``term_pool.TermPool``)."""
+
+    def coef_keys(self, layer: int) -> tuple[str, ...]:
+        """The prepared keys of layer ``layer``'s weight coefficients, in ``coefs`` order."""
+        ...
+
+    def forward(self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: bool) -> Tensor:
+        """W' as a fresh buffer, no graph (x: presynaptic, h: postsynaptic, t: target activity)."""
+        ...
+
+    def adjoint(
+        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
+        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """In place: ``g`` from dL/dW' to the update path's dL/dW, dL/dc added to ``grad_coefs``;
+        returns dL/dt, dL/dx and dL/dh (None where there is none)."""
+        ...
+
+
+@dataclass(frozen=True)
+class HebbOja:
+    """FLP's Hebb / Oja update with one coefficient ``coef.{l}.weight`` (native kernels)."""
+
+    oja: bool
+
+    def coef_keys(self, layer: int) -> tuple[str, ...]:
+        return (f"coef.{layer}.weight",)
+
+    def forward(self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: bool) -> Tensor:
+        return _hebbian_forward(w, coefs[0], t, x, self.oja, kernels)
+
+    def adjoint(
+        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
+        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        grad_t, grad_x = _adjoint_step(g, w, coefs[0], t, x, self.oja, d, scratch, grad_coefs[0], first_order, kernels)
+        return grad_t, grad_x, None
+
+
 @dataclass(frozen=True)
 class _LifetimeSpec:
     net: MLP
@@ -170,6 +215,16 @@ class _LifetimeSpec:
     start: int = 0  # the first step the meta-gradient goes through (truncation)
     first_order: bool = False  # updates taken at detached weights: W' = W + u(stopgrad W)
     kernels: bool = True  # the native kernels may run the weight-sized passes (meta.unroll.kernels)
+    update: PlasticUpdate | None = None  # the weights' update algebra (None: HebbOja(oja))
+
+    @property
+    def algebra(self) -> PlasticUpdate:
+        return self.update if self.update is not None else HebbOja(self.oja)
+
+    def coefficients(self, prepared: dict[str, Tensor], group: tuple[int, ...]) -> list[Tensor]:
+        """Each weight coefficient of a group, stacked (layers, 1, out|1, in|1)."""
+        keys = zip(*(self.algebra.coef_keys(l) for l in group))
+        return [_stack([_coef_2d(prepared[k]) for k in per_layer]).unsqueeze(1) for per_layer in keys]
 
     def keeps_state(self, step: int) -> bool:
         """Whether the forward pass saves the state before ``step`` (step 0's is the input)."""
@@ -278,7 +333,8 @@ def _run_steps(
     state, biases, pre-activations)`` sees every step's inputs before its update. The forward
     pass and the recomputation of checkpointed segments both run this, so they agree exactly."""
     bound = spec.model.bind(prepared, set())
-    coefs = [_stack([_coef_2d(prepared[f"coef.{l}.weight"]) for l in group]).unsqueeze(1) for group in spec.groups]
+    algebra = spec.algebra
+    coefs = [spec.coefficients(prepared, group) for group in spec.groups]
     for step in steps:
         trace = spec.net.forward(weights, x[:, step])
         record(step, list(state), [weights[k] for k in spec.bias_keys], trace.pre)
@@ -286,7 +342,8 @@ def _run_steps(
         for g, group in enumerate(spec.groups):
             t = _stack([targets[l] for l in group])
             h = _stack([trace.inputs[l] for l in group])
-            state[g] = _hebbian_forward(state[g], coefs[g], t, h, spec.oja, spec.kernels)
+            post = _stack([trace.post[l] for l in group])
+            state[g] = algebra.forward(state[g], coefs[g], t, h, post, spec.kernels)
         new_bias = {
             bias_key(l): hebbian_bias_update(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l], spec.oja)
             for l in spec.net.plastic_layers
@@ -402,7 +459,8 @@ class _HebbianLifetime(torch.autograd.Function):
         plastic_set = set(plastic)
         where = {l: (g, j) for g, group in enumerate(groups) for j, l in enumerate(group)}
         acts = [layer.activation for layer in net.layers]
-        coef_keys = {f"coef.{l}.{kind}" for l in plastic for kind in ("weight", "bias")}
+        algebra = spec.algebra
+        coef_keys = {k for l in plastic for k in (*algebra.coef_keys(l), f"coef.{l}.bias")}
         wanted = {k for k in spec.prepared_keys if need_p[k] and k not in coef_keys}
         bound = spec.model.bind(prepared, wanted)
 
@@ -419,11 +477,12 @@ class _HebbianLifetime(torch.autograd.Function):
             adj_bias[k] = g.expand(shape).clone() if g is not None else init[k].new_zeros(shape)
         # Gradients accumulated over the lifetime.
         grads: dict[str, Tensor | None] = dict.fromkeys(spec.weight_keys + spec.prepared_keys)
-        coefs, grad_coefs = [], []
-        for group in groups:
-            keys = [f"coef.{l}.weight" for l in group]
-            coefs.append(_stack([_coef_2d(prepared[k]) for k in keys]).unsqueeze(1))
-            grad_coefs.append(torch.zeros_like(coefs[-1]) if any(need_p[k] for k in keys) else None)
+        coefs = [spec.coefficients(prepared, group) for group in groups]
+        grad_coefs: list[list[Tensor | None]] = []
+        for group, stacked in zip(groups, coefs):
+            per_coef = zip(*(algebra.coef_keys(l) for l in group))
+            grad_coefs.append([torch.zeros_like(c) if any(need_p[k] for k in keys) else None
+                               for keys, c in zip(per_coef, stacked)])
         for l in range(n_layers):
             if l not in plastic_set and need_w[weight_key(l)]:
                 grads[weight_key(l)] = torch.zeros_like(init[weight_key(l)])
@@ -457,16 +516,19 @@ class _HebbianLifetime(torch.autograd.Function):
             for g, group in enumerate(groups):
                 t = _stack([targets[l] for l in group])
                 h = _stack([trace.inputs[l] for l in group])
+                h_post = _stack([trace.post[l] for l in group])
                 size = adj[g].numel()
-                grad_t, grad_h = _adjoint_step(
-                    adj[g], state[g], coefs[g], t, h, oja,
+                grad_t, grad_h, grad_h_post = algebra.adjoint(
+                    adj[g], state[g], coefs[g], t, h, h_post,
                     buf_d[:size].view(adj[g].shape), buf_m[:size].view(adj[g].shape), grad_coefs[g],
                     spec.first_order, spec.kernels,
                 )
                 for j, l in enumerate(group):
                     grad_targets[l] = grad_t[j]
                     if l > 0 and grad_h is not None:
-                        grad_post[l - 1] = grad_h[j]
+                        grad_post[l - 1] = _add(grad_post.get(l - 1), grad_h[j])
+                    if grad_h_post is not None:
+                        grad_post[l] = _add(grad_post.get(l), grad_h_post[j])
             # The biases' update path.
             if spec.plastic_bias:
                 for l in plastic:
@@ -514,8 +576,9 @@ class _HebbianLifetime(torch.autograd.Function):
             for j, l in enumerate(group):
                 wk = weight_key(l)
                 grads[wk] = torch.zeros_like(init[wk]) if truncated else _sum_to(adj[g][j], init[wk].shape)
-                if grad_coefs[g] is not None:
-                    grads[f"coef.{l}.weight"] = grad_coefs[g][j, 0]
+                for key, grad_c in zip(algebra.coef_keys(l), grad_coefs[g]):
+                    if grad_c is not None:
+                        grads[key] = _add(grads[key], grad_c[j, 0])
         for k, g in adj_bias.items():
             grads[k] = torch.zeros_like(init[k]) if truncated else _sum_to(g, init[k].shape)
         result: list[Tensor | None] = [None, None, None]
@@ -526,11 +589,14 @@ class _HebbianLifetime(torch.autograd.Function):
         return tuple(result)
 
 
-def _groups(net: MLP, weights: dict[str, Tensor], prepared: dict[str, Tensor]) -> tuple[tuple[int, ...], ...]:
+def _groups(
+    net: MLP, weights: dict[str, Tensor], prepared: dict[str, Tensor], algebra: PlasticUpdate
+) -> tuple[tuple[int, ...], ...]:
     """Plastic layers whose weights and coefficients have one shape, to be updated together."""
     by_shape: dict[tuple, list[int]] = {}
     for l in net.plastic_layers:
-        key = (tuple(weights[weight_key(l)].shape), tuple(_coef_2d(prepared[f"coef.{l}.weight"]).shape))
+        coef_shapes = tuple(tuple(_coef_2d(prepared[k]).shape) for k in algebra.coef_keys(l))
+        key = (tuple(weights[weight_key(l)].shape), coef_shapes)
         by_shape.setdefault(key, []).append(l)
     return tuple(tuple(group) for group in by_shape.values())
 
@@ -548,8 +614,10 @@ def hebbian_lifetime(
     start: int = 0,
     first_order: bool = False,
     kernels: bool = True,
+    update: PlasticUpdate | None = None,
 ) -> dict[str, Tensor]:
-    """Weights after a lifetime of Hebb/Oja steps, as one autograd node.
+    """Weights after a lifetime of Hebb/Oja steps (or of ``update``'s algebra, e.g. a
+    ``TermPool``), as one autograd node.
 
     ``segment`` > 0 keeps the state only every ``segment`` steps and recomputes each segment in
     the backward pass (the same gradients, bitwise; memory ~ S/segment + segment weight copies
@@ -564,9 +632,10 @@ def hebbian_lifetime(
     ``x`` (T, S, B, n_in), ``y`` (T, S, B, n_out), S >= 1, neither requiring grad. Gradients
     flow to ``weights`` (the initial ones) and ``prepared``.
     """
-    groups = _groups(net, weights, prepared)
+    groups = _groups(net, weights, prepared, update if update is not None else HebbOja(oja))
     spec = _LifetimeSpec(
-        net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order, kernels
+        net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order, kernels,
+        update,
     )
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())
     final = dict(weights)

@@ -10,6 +10,10 @@ layer, global). Hebb and Oja are special cases:
 
 Coefficients are meta-parameters ``coef.{term}.{...}`` (group ``coef``); the feedback pathway
 and beta are FLP's (groups ``feedback`` and ``beta``). Biases are not plastic.
+
+``fused_lifetime`` runs every pool fused (``hebbian_lifetime`` with the rule's terms as a
+``term_pool.TermPool``, whose reverse pass is derived once for the term algebra); ``TERMS``
+stays the step path's own, independent statement of the terms.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from metaplastic.losses import Loss
 from metaplastic.networks import MLP, Trace, weight_key
 from metaplastic.params import group_of, prefixed, select
 from metaplastic.rules.coefficients import check_scope, coefficient_shapes, layer_coefficients
-from metaplastic.rules.flp import FLPRule
+from metaplastic.rules.flp import FLPRule, FLPTargets
+from metaplastic.rules.hebbian_update import hebbian_lifetime
+from metaplastic.rules.term_pool import Term, TermPool
 from metaplastic.rules.validation import check_meta_shapes
 
 
@@ -56,6 +62,22 @@ TERMS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]] = {
     "target2_w": lambda x, h, t, w: _rows(t * t) * w,
     "pre2_w": lambda x, h, t, w: _cols(x * x) * w,
     "one": lambda x, h, t, w: torch.ones_like(w),
+}
+
+# The same terms in the fused lifetime's algebra (metaplastic.rules.term_pool).
+POOL_TERMS: dict[str, Term] = {
+    "pre_post": Term("outer", "h"),
+    "pre_target": Term("outer", "t"),
+    "pre_signal": Term("outer", "e"),
+    "post": Term("rows", "h"),
+    "target": Term("rows", "t"),
+    "signal": Term("rows", "e"),
+    "pre": Term("cols", "x"),
+    "w": Term("const", None, with_w=True),
+    "post2_w": Term("rows", "h2", with_w=True),
+    "target2_w": Term("rows", "t2", with_w=True),
+    "pre2_w": Term("cols", "x2", with_w=True),
+    "one": Term("const"),
 }
 
 
@@ -140,3 +162,22 @@ class PolynomialRule:
             dw = sum(prepared[f"coef.{term}.{l}"] * TERMS[term](x, h, t, w) for term in self.terms)
             new[weight_key(l)] = w + dw
         return new
+
+    # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------
+    def term_pool(self) -> TermPool:
+        """The rule's terms as the fused lifetime's update algebra."""
+        return TermPool(tuple((term, POOL_TERMS[term]) for term in self.terms))
+
+    def fused_lifetime(
+        self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, segment: int = 0, start: int = 0,
+        first_order: bool = False, kernels: bool = True,
+    ) -> dict[str, Tensor]:
+        """Weights at the end of a lifetime, the values of iterating ``step``, as one autograd
+        node with a hand-written reverse pass (``hebbian_lifetime`` over ``term_pool``); the
+        options are ``FLPRule.fused_lifetime``'s. Every term of ``TERMS`` has it."""
+        flp = self.targets_rule()
+        return hebbian_lifetime(
+            net, FLPTargets(flp, net, loss), select(meta, "init"), self.prepare(net, meta), x, y, oja=False,
+            plastic_bias=False, segment=segment, start=start, first_order=first_order, kernels=kernels,
+            update=self.term_pool(),
+        )
