@@ -350,6 +350,44 @@ def crossed_table(continual: list[Path], iid: list[Path], pairs: list[tuple[str,
     return "\n".join(lines)
 
 
+def oneshot_table(suite_dir: Path) -> str:
+    """Fixed one-shot episodes (``metaplastic evaluate RUN --episodes FILE --out RUN/oneshot``)
+    per learner over seeds: the learner in both orders, 1-NN on pixels and on its own frozen
+    features, and the learner minus 1-NN on its features, paired by seed."""
+    data = json.loads((suite_dir / "results.json").read_text())
+    per_label: dict[str, list[dict[str, Any]]] = {}
+    source = ""
+    for record in data["runs"].values():
+        path = Path(record["run_dir"]) / "oneshot" / "evaluation.json"
+        if path.is_file():
+            report = json.loads(path.read_text())
+            source = source or report.get("episodes_file", "")
+            per_label.setdefault(record["label"], []).append(report["results"])
+    if not per_label:
+        return ""
+    lines = ["| learner | seeds | continual | i.i.d. | 1-NN on pixels | 1-NN on its features | learner − 1-NN on its "
+             "features |", "|---|---|---|---|---|---|---|"]
+    info = None
+    for label, reports in per_label.items():
+        def acc(report: dict[str, Any], prefix: str, order: str = "continual") -> float:
+            name = next(k for k in report if k.startswith(prefix))
+            return report[name][order]["accuracy"]
+
+        cont = [acc(r, f"{next(iter(r)).split(' meta-trained')[0]} meta-trained") for r in reports]
+        iid = [acc(r, f"{next(iter(r)).split(' meta-trained')[0]} meta-trained", "iid") for r in reports]
+        pixels = [acc(r, "1-NN on pixels") for r in reports]
+        feats = [acc(r, "1-NN on meta-trained features") for r in reports]
+        info = info or next(iter(reports[0].values()))["continual"]
+        lines.append(f"| {label} | {len(reports)} | {fmt(cont)} | {fmt(iid)} | {fmt(pixels)} | {fmt(feats)} | "
+                     f"{fmt([c - f for c, f in zip(cont, feats)])} |")
+    assert info is not None
+    lines += ["", f"{info['episodes']} fixed episodes ({info['classes'][0]}-way, {info['shots'][0]}-shot) from "
+              f"`{Path(source).parent.name}/{Path(source).name}`; chance {info['chance']:.3f}; readout: "
+              f"{info['readout']}; label map: {info['label_map']}. Mean ± 95% t-interval over seeds (per-seed "
+              "values in brackets); 1-NN equals the class prototype at one shot.", ""]
+    return "\n".join(lines)
+
+
 def fill_page(page: Path, suite: str, text: str) -> None:
     """Replace the page's block for ``suite`` (between its markers) with ``text``."""
     begin, end = f"<!-- table:{suite} -->", "<!-- end -->"
@@ -367,6 +405,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction"))
     parser.add_argument("--pairs", nargs="*", default=[], help="'A:B' learner pairs for paired differences")
     parser.add_argument("--analysis", nargs="*", type=Path, default=[], help="suites whose runs were analysed")
+    parser.add_argument("--oneshot", nargs="*", type=Path, default=[],
+                        help="suites whose runs were scored on fixed one-shot episodes (<run>/oneshot/evaluation.json)")
     parser.add_argument("--page", type=Path, help="a markdown page whose <!-- table:SUITE --> ... <!-- end --> "
                         "blocks are replaced by the generated tables")
     parser.add_argument("--crossed", nargs=2, metavar=("CONTINUAL_DIRS", "IID_DIRS"),
@@ -388,6 +428,8 @@ def main() -> None:
         text = suite_tables(suite_dir, pairs)
         if suite_dir in args.analysis:
             text += "\n#### Interference (metaplastic analyze)\n\n" + analysis_table(suite_dir)
+        if suite_dir in args.oneshot:
+            text += "\n#### Fixed one-shot episodes on the held-out alphabets\n\n" + oneshot_table(suite_dir)
         (target / "table.md").write_text(text)
         if args.page is not None:
             fill_page(args.page, suite_dir.name, text)
