@@ -140,7 +140,13 @@ def run_one(spec: RunSpec, references: bool, progress: bool, threads: int | None
         # A study reports a diverged run instead of stopping: its last checkpoint (before the
         # divergence) and best checkpoint are evaluated, and re-running does not retry it.
         diverged = {"step": e.step, "message": str(e)}
-        trainer = load_trainer(cfg.run_dir)
+        if (cfg.run_dir / CHECKPOINT_FILES["last"]).is_file():
+            trainer = load_trainer(cfg.run_dir)
+        else:  # diverged in its first meta-step, so train kept nothing: its state is the initial one
+            from metaplastic.meta.experiment import Experiment
+            from metaplastic.meta.trainer import MetaTrainer
+
+            trainer = MetaTrainer(Experiment.from_config(cfg))
     seconds = time.perf_counter() - start
     evaluate = evaluate_trained_classification if is_classification(trainer.experiment) else evaluate_trained
     record: dict[str, Any] = {

@@ -18,6 +18,7 @@ from metaplastic.cli.main import main
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = str(ROOT / "experiments" / "quick_flp.yaml")
 FAST = ["meta.steps=1", "eval.episodes=2", "task.n_functions=2", "task.steps_per_function=2", "network.hidden=[8]"]
+OML_FAST = [*FAST[:-1], "network.hidden=[8,8,8,8]"]  # quick_oml's plastic layers are 3 and 4
 
 
 def train(*overrides: str) -> list[str]:
@@ -50,6 +51,13 @@ CASES: dict[str, list[str]] = {
     "rule name list": train("rule.name=[flp]"),
     "task name mapping": train("task.name={name: sine}"),
     "device meta": train("device=meta"),
+    # sizes of a conv stage
+    "conv padding 1000": ["train", str(ROOT / "experiments" / "omniglot_flp_cpu.yaml"), "meta.steps=1",
+                          "network.conv.padding=1000", "--no-progress", "--wandb", "disabled"],
+    # a value that diverges at the first meta-step leaves nothing behind
+    "inner lr 1e30": ["train", str(ROOT / "experiments" / "quick_oml.yaml"), *OML_FAST, "rule.lr_init=1e30",
+                      "--out", "run", "--no-progress", "--wandb", "disabled"],
+    "coef_init huge": train("rule.coef_max=1e30", "rule.coef_init=1e29", "--out", "run"),
     # run folder and config file
     "name without out": ["train", QUICK, *FAST, "name=", "--no-progress", "--wandb", "disabled"],
     "config is a directory": ["train", str(ROOT / "experiments"), "--no-progress"],
@@ -71,6 +79,27 @@ def test_bad_input_is_one_line_error_and_writes_nothing(name: str, tmp_path: Pat
     assert code == 2, f"{name}: exit {code}, stderr {err[-300:]!r}"
     assert err.startswith("error: ") and "\n" not in err, err
     assert snapshot(tmp_path) == before, f"{name} wrote {sorted(snapshot(tmp_path) - before)}"
+
+
+def test_a_corrected_command_runs_after_a_first_step_divergence(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    oml = ["train", str(ROOT / "experiments" / "quick_oml.yaml"), *OML_FAST, "--out", "run", "--no-progress",
+           "--wandb", "disabled"]
+    assert main([*oml, "rule.lr_init=1e30"]) == 2
+    assert "nothing was kept in run" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert main(oml) == 0  # the same command, corrected: no "already holds a checkpoint"
+
+
+def test_suite_label_clash_and_out_dir_under_a_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, out, labels in (("clash", "o", ("A/B", "a_b")), ("devnull", "/dev/null/x", ("A",))):
+        runs = "".join(f"  {label}: {ROOT / 'experiments' / 'quick_flp.yaml'}\n" for label in labels)
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nout_dir: {out}\nruns:\n{runs}")
+        before = snapshot(tmp_path)
+        assert main(["suite", f"{name}.yaml", *FAST[:1], "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        assert snapshot(tmp_path) == before
 
 
 def test_empty_config_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -282,6 +282,9 @@ def test_divergence_guard(tmp_path, sections, diverges_at):
         train(cfg, progress=False)
     message = str(info.value)
     assert "\n" not in message and f"meta-step {diverges_at}" in message
+    if diverges_at == 0:  # nothing to keep: a corrected command must find the folder free
+        assert "nothing was kept" in message and not cfg.run_dir.exists()
+        return
     payload = load_checkpoint(cfg.run_dir)  # the last checkpoint is intact and loadable
     assert payload["step"] == diverges_at
     assert all(bool(torch.isfinite(v).all()) for v in payload["meta"].values())

@@ -28,7 +28,7 @@ from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
 from metaplastic.meta.checkpoint import CHECKPOINT_FILES, atomic_write_text, load_checkpoint, save_checkpoint
 from metaplastic.meta.distributed import Parallel, check_divisible
 from metaplastic.meta.experiment import Experiment
-from metaplastic.meta.run_lock import RunLock
+from metaplastic.meta.run_lock import LOCK_FILE, RunLock
 from metaplastic.params import by_group, group_of
 from metaplastic.schedules import schedule_for
 from metaplastic.tasks import check_finite
@@ -300,7 +300,7 @@ def train(
         trainer = MetaTrainer(Experiment.from_config(config), parallel=parallel)
     # Load the data (the first meta-batch) before writing anything: a wrong data path must not
     # leave a run folder with a step-0 checkpoint behind that blocks the corrected run.
-    trainer.experiment.training_episodes(trainer.step)
+    check_finite(trainer.experiment.training_episodes(trainer.step))  # NaN in the data: refused here too
     if config.meta.validate_every:
         from metaplastic.evaluation.validation import check_can_validate
 
@@ -311,16 +311,44 @@ def train(
         if not main:
             return _follow(trainer, parallel)
     fresh = not (resume and ckpt.exists())
+    existed = run_dir.exists()
+    before = set(run_dir.iterdir()) if existed else set()
+    lock = run_dir / LOCK_FILE
+    refused: DivergenceError | None = None
     with RunLock(run_dir):
         if fresh and ckpt.exists():  # another process wrote it between the checks and the lock
             raise ConfigError(f"{run_dir} already holds a checkpoint (written by another run meanwhile): "
                               "pass --resume to continue it or choose another out_dir")
         if resume and fresh:  # --resume means "start or continue" (one command for preemptible jobs): say which
             print(f"metaplastic: no checkpoint in {run_dir}: starting a fresh run", file=sys.stderr)
-        _train_into(trainer, config, progress, on_step)
+        try:
+            _train_into(trainer, config, progress, on_step)
+        except DivergenceError as e:
+            if not (fresh and e.step == 0):
+                raise
+            # The config diverges before its first update: a step-0 checkpoint of it is worth
+            # nothing and would make the corrected command refuse the folder. Leave none behind.
+            _remove_new(run_dir, before, keep=lock)
+            refused = DivergenceError(f"{str(e).split(' (last checkpoint')[0]}; nothing was kept in {run_dir}", 0)
+    if refused is not None:
+        if not existed:
+            lock.unlink(missing_ok=True)
+            run_dir.rmdir()
+        raise refused
     if parallel is not None:
         parallel.barrier()  # every rank returns once the last checkpoint is written
     return trainer
+
+
+def _remove_new(run_dir: Path, before: set[Path], keep: Path) -> None:
+    """Remove what a run wrote into ``run_dir`` (entries not in ``before``), except ``keep``."""
+    import shutil
+
+    for path in set(run_dir.iterdir()) - before - {keep}:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _train_into(
