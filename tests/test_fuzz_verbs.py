@@ -2,9 +2,11 @@
 
 Bad paths (missing, empty folder, random bytes, empty file, /dev/null, a folder where a file
 belongs, a FIFO), damaged artefacts in a real run folder (checkpoint: random bytes, truncated,
-empty, a pickle that would run code, a torch file of the wrong structure; metrics.jsonl,
-config.yaml; a suite or sweep file of random bytes), bad option values (numbers that are not
-numbers, zero, negative, NaN, huge; unknown choices and devices) and bad overrides are crossed
+empty, a pickle that would run code, a torch file of the wrong structure; a suite or sweep file
+of random bytes), damaged data (Omniglot archives: random bytes, a corrupt member, a dangling
+.png link, a folder named .png; image folders: files that are not images, empty classes), bad
+option values (numbers that are not numbers, zero, negative, NaN, huge; unknown choices and
+devices) and bad overrides are crossed
 with the verbs that take them. Every case must exit with status 2 and print exactly one stderr
 line starting with ``error:``, and must not create, remove or change a file. Not in the table:
 ``train --resume`` on a folder without a checkpoint, which starts a fresh run on purpose (one
@@ -159,6 +161,74 @@ BAD_OPTIONS: dict[str, list[str]] = {
 }
 
 
+OMNIGLOT = str(ROOT / "experiments" / "omniglot_flp_cpu.yaml")
+
+
+def _omniglot_root(kind: str) -> Callable[[Path], str]:
+    """Damaged Omniglot data: a zip of random bytes, a zip with a corrupt member, an empty
+    folder, an extracted folder with a dangling .png link or a folder named x.png."""
+    def make(work: Path) -> str:
+        import zipfile
+
+        root = work / "omniglot"
+        root.mkdir()
+        if kind == "zip of random bytes":
+            (root / "images_background.zip").write_bytes(bytes(range(256)) * 16)
+        elif kind == "corrupt member":
+            path = root / "images_background.zip"
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+                for c in range(3):
+                    zf.writestr(f"images_background/Alpha/character0{c}/0{c}_01.png", bytes(range(256)) * 8)
+            data = bytearray(path.read_bytes())
+            data[60:90] = b"\x00" * 30  # inside the first member's compressed data
+            path.write_bytes(bytes(data))
+        elif kind in ("dangling link", "folder named png"):
+            char = root / "images_background" / "Alpha" / "character01"
+            char.mkdir(parents=True)
+            if kind == "dangling link":
+                (char / "01_01.png").symlink_to(work / "nowhere.png")
+            else:
+                (char / "01_01.png").mkdir()
+        return str(root)
+
+    return make
+
+
+def _image_folder(kind: str) -> Callable[[Path], str]:
+    """A ``task.source: folder`` root: a .png that is not an image, an empty class, no classes."""
+    def make(work: Path) -> str:
+        root = work / "images"
+        for c in range(3):
+            (root / f"class{c}").mkdir(parents=True)
+        if kind == "not an image":
+            for c in range(3):
+                for j in range(4):
+                    (root / f"class{c}" / f"{j}.png").write_bytes(b"not a png")
+        elif kind == "empty class":
+            from PIL import Image
+
+            for c in range(2):
+                for j in range(4):
+                    Image.new("L", (6, 6), color=40 * j).save(root / f"class{c}" / f"{j}.png")
+        return str(root)
+
+    return make
+
+
+ARTEFACTS: dict[str, Callable[[Path], list[str]]] = {
+    **{f"train omniglot <- {kind}": (lambda w, k=kind: ["train", OMNIGLOT, "meta.steps=1",
+                                                         f"task.root={_omniglot_root(k)(w)}",
+                                                         f"task.cache_dir={w / 'cache'}", "--out", str(w / "new"),
+                                                         "--no-progress", "--wandb", "disabled"])
+       for kind in ("zip of random bytes", "corrupt member", "dangling link", "folder named png")},
+    **{f"train image folder <- {kind}": (lambda w, k=kind: ["train", OMNIGLOT, "meta.steps=1", "task.source=folder",
+                                                             f"task.root={_image_folder(k)(w)}", "task.image_size=6",
+                                                             "network.conv=null", "--out", str(w / "new"),
+                                                             "--no-progress", "--wandb", "disabled"])
+       for kind in ("not an image", "empty class", "no images")},
+}
+
+
 def table() -> dict[str, tuple[str, Callable[[Path, Path], list[str]]]]:
     """name -> (kind, build(work, run) -> argv); ``run`` is a copy of a trained run in ``work``."""
     cases: dict[str, tuple[str, Callable[[Path, Path], list[str]]]] = {}
@@ -176,6 +246,8 @@ def table() -> dict[str, tuple[str, Callable[[Path, Path], list[str]]]]:
             cases[f"{verb} <- {damage}"] = ("run", lambda w, r, v=verb, a=apply: (a(r), run_verbs(str(r))[v])[1])
     for name, argv in BAD_OPTIONS.items():
         cases[name] = ("option", lambda w, r, a=argv: _sub(a, r, w))
+    for name, build in ARTEFACTS.items():
+        cases[name] = ("artefact", lambda w, r, b=build: b(w))
     return cases
 
 
@@ -202,7 +274,9 @@ def _state(folder: Path) -> dict[str, str]:
     state = {}
     for p in sorted(folder.rglob("*")):
         rel = str(p.relative_to(folder))
-        if p.is_fifo():
+        if p.is_symlink():
+            state[rel] = f"link to {os.readlink(p)}"
+        elif p.is_fifo():
             state[rel] = "fifo"
         elif p.is_dir():
             state[rel] = "dir"
