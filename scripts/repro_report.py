@@ -388,6 +388,34 @@ def oneshot_table(suite_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def width_table(narrow: Path, wide: Path) -> str:
+    """Validation MSE at the meta-steps both suites validated, per learner and width, and the
+    wide minus narrow difference paired by seed (same seeds: same validation episodes)."""
+    def curves(suite: Path) -> dict[tuple[str, int], dict[int, float]]:
+        out = {}
+        for record in json.loads((suite / "results.json").read_text())["runs"].values():
+            c = record.get("validation_curve", {})
+            out[(record["label"], record["seed"])] = dict(zip(c.get("step", []), c.get("val/mse", [])))
+        return out
+
+    small, big = curves(narrow), curves(wide)
+    labels = list(dict.fromkeys(label for label, _ in big if any(k[0] == label for k in small)))
+    steps = sorted(set.intersection(*(set(v) for k, v in big.items() if k[0] in labels),
+                                    *(set(v) for k, v in small.items() if k[0] in labels)))
+    lines = ["| learner | width | " + " | ".join(f"meta-step {s}" for s in steps) + " |",
+             "|---|---|" + "---|" * len(steps)]
+    for label in labels:
+        seeds = sorted(seed for (lab, seed) in big if lab == label and (lab, seed) in small)
+        for name, table in (("64", small), ("300", big)):
+            cells = [fmt([table[(label, seed)][s] for seed in seeds], 2) for s in steps]
+            lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+        diffs = [fmt([big[(label, seed)][s] - small[(label, seed)][s] for seed in seeds], 2) for s in steps]
+        lines.append(f"| {label} | 300 − 64 (paired) | " + " | ".join(diffs) + " |")
+    lines += ["", "Validation MSE on the same 20 fixed held-out episodes (same seeds), mean ± 95% t-interval over "
+              "seeds (per-seed values in brackets).", ""]
+    return "\n".join(lines)
+
+
 def fill_page(page: Path, suite: str, text: str) -> None:
     """Replace the page's block for ``suite`` (between its markers) with ``text``."""
     begin, end = f"<!-- table:{suite} -->", "<!-- end -->"
@@ -412,8 +440,17 @@ def main() -> None:
     parser.add_argument("--crossed", nargs=2, metavar=("CONTINUAL_DIRS", "IID_DIRS"),
                         help="comma-separated suite folders meta-trained on continual and on i.i.d. streams: "
                         "writes <out>/crossed.md (block 'crossed' of --page)")
+    parser.add_argument("--width", nargs=2, metavar=("NARROW_SUITE", "WIDE_SUITE"), type=Path,
+                        help="two suites of the same learners at two widths: writes <out>/width.md (block 'width')")
     args = parser.parse_args()
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    if args.width:
+        text = width_table(*args.width)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "width.md").write_text(text)
+        if args.page is not None:
+            fill_page(args.page, "width", text)
+        print(f"wrote {args.out / 'width.md'}")
     if args.crossed:
         cont, iid = ([Path(d) for d in group.split(",")] for group in args.crossed)
         text = crossed_table(cont, iid, pairs)
