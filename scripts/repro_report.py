@@ -388,6 +388,33 @@ def oneshot_table(suite_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def across_table(first: Path, second: Path, pairs: list[tuple[str, str]]) -> str:
+    """Paired differences A − B (classification accuracy at every class count, or regression MSE)
+    between a learner of one suite and a learner of another on the same seeds (same episodes)."""
+    a_runs, b_runs = _records([first]), _records([second])
+    sample = next(iter(a_runs.values()))["last"]["trained"]
+    classification = "accuracy" in next(iter(sample.values()))
+    counts = sample["continual"]["classes"] if classification else []
+    head = " | ".join(f"{n} classes" for n in counts) if classification else "MSE"
+    lines = [f"| difference ({first.name} − {second.name}) | order | {head} |",
+             "|---|---|" + "---|" * max(1, len(counts))]
+    for a, b in pairs:
+        seeds = sorted(seed for (label, seed) in a_runs if label == a and (b, seed) in b_runs)
+        if not seeds:
+            continue
+        for order in ORDERS:
+            ra = [a_runs[(a, s)]["last"]["trained"][order] for s in seeds]
+            rb = [b_runs[(b, s)]["last"]["trained"][order] for s in seeds]
+            if classification:
+                cells = [fmt([x["accuracy"][i] - y["accuracy"][i] for x, y in zip(ra, rb)]) for i in range(len(counts))]
+            else:
+                cells = [fmt([x["mse"] - y["mse"] for x, y in zip(ra, rb)])]
+            lines.append(f"| {a} − {b} | {order} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired by seed (the same seed gives both the same training and test episodes); mean ± 95% "
+              "t-interval (per-seed values in brackets); last checkpoints.", ""]
+    return "\n".join(lines)
+
+
 def width_table(narrow: Path, wide: Path) -> str:
     """Validation MSE at the meta-steps both suites validated, per learner and width, and the
     wide minus narrow difference paired by seed (same seeds: same validation episodes)."""
@@ -440,10 +467,22 @@ def main() -> None:
     parser.add_argument("--crossed", nargs=2, metavar=("CONTINUAL_DIRS", "IID_DIRS"),
                         help="comma-separated suite folders meta-trained on continual and on i.i.d. streams: "
                         "writes <out>/crossed.md (block 'crossed' of --page)")
+    parser.add_argument("--across", nargs=2, metavar=("SUITE_A", "SUITE_B"), type=Path,
+                        help="--pairs 'A:B' with A from SUITE_A and B from SUITE_B: writes <out>/<SUITE_A>_vs_"
+                        "<SUITE_B>.md (block '<SUITE_A>_vs_<SUITE_B>' of --page)")
     parser.add_argument("--width", nargs=2, metavar=("NARROW_SUITE", "WIDE_SUITE"), type=Path,
                         help="two suites of the same learners at two widths: writes <out>/width.md (block 'width')")
     args = parser.parse_args()
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    if args.across:
+        name = f"{args.across[0].name}_vs_{args.across[1].name}"
+        text = across_table(*args.across, pairs)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{name}.md").write_text(text)
+        if args.page is not None:
+            fill_page(args.page, name, text)
+        print(f"wrote {args.out / name}.md")
+        pairs = []  # used up: the suites below get none
     if args.width:
         text = width_table(*args.width)
         args.out.mkdir(parents=True, exist_ok=True)
