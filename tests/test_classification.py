@@ -229,6 +229,26 @@ def test_missing_data_stops_train_before_it_writes_anything(tmp_path: Path, caps
     assert not (tmp_path / "run").exists()
 
 
+def test_tampered_data_cache_is_rebuilt_not_trusted(omniglot_root: Path, tmp_path: Path, capsys) -> None:
+    from metaplastic.data.omniglot import load_omniglot
+
+    cache = tmp_path / "tampered_cache"
+    clean = load_omniglot(omniglot_root, 8, cache)  # writes the cache
+    (cache_file,) = cache.glob("omniglot-*.pt")
+    payload = torch.load(cache_file, weights_only=True)
+    tampered = {
+        "float with NaN": {**payload, "images": payload["images"].to(torch.float32).fill_(float("nan"))},
+        "wrong offsets": {**payload, "offsets": payload["offsets"][:-1]},
+        "wrong size": {**payload, "images": payload["images"][:, :4, :4]},
+    }
+    for name, bad in tampered.items():
+        torch.save(bad, cache_file)
+        capsys.readouterr()
+        data = load_omniglot(omniglot_root, 8, cache)
+        assert torch.equal(data.images, clean.images) and torch.equal(data.offsets, clean.offsets), name
+        assert "cached" in capsys.readouterr().err, name  # the rebuild is announced
+
+
 def test_conv_needs_an_image_task(tmp_path: Path) -> None:
     data = tiny_classification(tmp_path, task={"name": "classification", "source": "digits", "n_outputs": 10})
     data["task"] = {"name": "classification", "source": "digits", "n_outputs": 10}

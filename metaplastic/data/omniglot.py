@@ -160,7 +160,13 @@ def load_omniglot(path: str | Path, image_size: int = 28, cache_dir: str | Path 
     if cache_file.exists():
         try:
             payload = torch.load(cache_file, map_location="cpu", weights_only=True)
-            return Omniglot(payload["images"], payload["offsets"], tuple(payload["classes"]))
+            images, offsets, classes = payload["images"], payload["offsets"], tuple(payload["classes"])
+            consistent = (
+                images.dtype == torch.uint8 and images.dim() == 3 and images.shape[1:] == (image_size, image_size)
+                and offsets.dim() == 1 and len(offsets) == len(classes) + 1 and int(offsets[-1]) == len(images)
+            )
+            if consistent:
+                return Omniglot(images, offsets, classes)
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
     data = _decode_all(archives, image_size)
