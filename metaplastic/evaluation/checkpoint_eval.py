@@ -12,8 +12,10 @@ from metaplastic.errors import ConfigError
 from metaplastic.evaluation.classification import evaluate_classification, is_classification
 from metaplastic.evaluation.episodes_file import (
     EpisodeFile,
+    check_task,
     episode_file_references,
     evaluate_episode_file,
+    image_vectors,
     load_episode_file,
 )
 from metaplastic.evaluation.references import evaluate_online_sgd
@@ -94,11 +96,13 @@ def evaluate_trained_episodes(
     meta-parameters; ``predictions`` receives the meta-trained rule's query outputs."""
     exp = trainer.experiment
     label = rule_label(exp.rule)
-    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_episode_file(exp, trainer.meta, file,
-                                                                                      predictions=predictions)}
+    check_task(exp, file)
+    vectors = image_vectors(exp, file)  # decoded once for every row of the table
+    results = {f"{label} meta-trained ({trainer.step} steps)": evaluate_episode_file(
+        exp, trainer.meta, file, predictions=predictions, vectors=vectors)}
     if untrained:
-        results[f"{label} untrained init"] = evaluate_episode_file(exp, trainer.initial_meta, file)
-        results.update(episode_file_references(exp, trainer.meta, file))
+        results[f"{label} untrained init"] = evaluate_episode_file(exp, trainer.initial_meta, file, vectors=vectors)
+        results.update(episode_file_references(exp, trainer.meta, file, vectors))
     return results
 
 

@@ -164,7 +164,7 @@ def load_episode_file(path: str | Path) -> EpisodeFile:
     return EpisodeFile(path, tuple(_parse_episode(raw, i, path) for i, raw in enumerate(data["episodes"])))
 
 
-def _vectors(experiment: Experiment, file: EpisodeFile) -> dict[Path, Tensor]:
+def image_vectors(experiment: Experiment, file: EpisodeFile) -> dict[Path, Tensor]:
     """Every image of the file, preprocessed once like the run's training data."""
     out = {}
     for p, where in file.images().items():
@@ -175,7 +175,7 @@ def _vectors(experiment: Experiment, file: EpisodeFile) -> dict[Path, Tensor]:
     return out
 
 
-def _check_task(experiment: Experiment, file: EpisodeFile) -> None:
+def check_task(experiment: Experiment, file: EpisodeFile) -> None:
     """Refuse, before decoding anything, a run that cannot take the file's episodes."""
     task = experiment.task
     if getattr(task, "name", None) != "classification":
@@ -199,8 +199,8 @@ def build_episodes(
     task = exp.task
     if order not in ORDERS:
         raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got '{order}'")
-    _check_task(exp, file)
-    vectors = _vectors(exp, file) if vectors is None else vectors
+    check_task(exp, file)
+    vectors = image_vectors(exp, file) if vectors is None else vectors
     labels_g, shuffle_g = seeded_generator(ev.seed, 1), seeded_generator(ev.seed, 2)  # same units in both orders
     built = []
     for ep in file.episodes:
@@ -234,8 +234,10 @@ def evaluate_episode_file(
     file: EpisodeFile,
     orders: tuple[str, ...] = ORDERS,
     predictions: dict[str, np.ndarray] | None = None,
+    vectors: dict[Path, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """{order: {"accuracy", "ci95", "per_episode", "per_position", ...}} on the file's episodes.
+    """{order: {"accuracy", "ci95", "per_episode", "per_position", ...}} on the file's episodes
+    (``vectors``: its images already preprocessed by ``image_vectors``, decoded here otherwise).
 
     ``accuracy`` is the mean over episodes of each episode's query accuracy (with its 95%
     t-interval); ``per_position[j]`` the accuracy on the queries of the j-th class listed (the
@@ -245,8 +247,8 @@ def evaluate_episode_file(
     exp, ev = experiment, experiment.config.eval
     dtype = exp.config.torch_dtype
     results: dict[str, Any] = {}
-    _check_task(exp, file)
-    vectors = _vectors(exp, file)  # decoded once for every order
+    check_task(exp, file)
+    vectors = image_vectors(exp, file) if vectors is None else vectors  # decoded once for every order
     for order in orders:
         built = build_episodes(exp, file, order, vectors)
         logits: list[Tensor | None] = [None] * len(built)
@@ -303,14 +305,14 @@ def _summary(
 
 @torch.no_grad()
 def episode_file_references(
-    experiment: Experiment, meta: dict[str, Tensor], file: EpisodeFile
+    experiment: Experiment, meta: dict[str, Tensor], file: EpisodeFile, vectors: dict[Path, Tensor] | None = None
 ) -> dict[str, dict[str, Any]]:
     """1-NN and class prototypes (``evaluation.nearest``) on the file's episodes, on pixels and,
     for a run with a feature extractor, on its meta-trained frozen features: how much the
     features offer at these shots. Order does not matter to them; both orders get the same row."""
     exp = experiment
     dtype = exp.config.torch_dtype
-    built = build_episodes(exp, file, "continual")
+    built = build_episodes(exp, file, "continual", vectors)
     spaces = ["pixels"] + (["meta-trained features"] if exp.encoder is not None else [])
     correct: dict[str, list[Tensor]] = {f"{rule} on {space}": [] for space in spaces for rule in ("1-NN", "prototypes")}
     for episodes, _ in built:

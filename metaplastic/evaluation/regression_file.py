@@ -114,11 +114,9 @@ def evaluate_regression_file(
     results = {}
     for order in orders:
         episodes = build_regression_episodes(exp, arrays, order, where).to(exp.device, exp.config.torch_dtype)
-        errors = torch.cat([episode_errors(exp.learner, meta, _rows(episodes, i, exp.config.eval.batch))
-                            for i in range(0, episodes.x.shape[0], exp.config.eval.batch)])
+        batch = exp.config.eval.batch
+        errors = torch.cat([episode_errors(exp.learner, meta, episodes.tasks(slice(i, i + batch)))
+                            for i in range(0, episodes.x.shape[0], batch)])
         results[order] = {**summarize(errors, order), "per_episode": errors[:, -1, :].mean(-1).tolist()}
     return results
 
-
-def _rows(episodes: Episodes, start: int, size: int) -> Episodes:
-    return Episodes(*(t[start:start + size] for t in episodes[:6]), boundaries=episodes.boundaries)

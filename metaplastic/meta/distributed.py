@@ -78,8 +78,7 @@ class Parallel:
 
     def shard(self, episodes: Episodes) -> Episodes:
         """This rank's tasks of a full meta-batch (task dimension first in every tensor)."""
-        part = self.task_slice(episodes.x.shape[0])
-        return Episodes(*(t[part] for t in episodes[:6]), boundaries=episodes.boundaries)
+        return episodes.tasks(self.task_slice(episodes.x.shape[0]))
 
     def loss_weight(self, meta_batch: int) -> float:
         """local tasks / meta_batch: the factor that makes summed local means a global mean."""

@@ -27,6 +27,10 @@ class Episodes(NamedTuple):
     remember_y: Tensor
     boundaries: tuple[int, ...]
 
+    def tasks(self, index: slice) -> Episodes:
+        """The episodes ``index`` selects along the task dimension (first in every tensor)."""
+        return Episodes(*(t[index] for t in self[:6]), boundaries=self.boundaries)
+
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Episodes:
         return Episodes(*(t.to(device=device, dtype=dtype) for t in self[:6]), boundaries=self.boundaries)
 
