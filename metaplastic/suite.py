@@ -85,9 +85,17 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_").lower() or "run"
 
 
-def plan_runs(path: Path, suite: SuiteConfig, overrides: list[str], out: Path, only: list[str] | None) -> list[RunSpec]:
+def plan_runs(path: Path, suite: SuiteConfig, overrides: list[str], out: Path, only: list[str] | None,
+              only_seeds: list[int] | None = None) -> list[RunSpec]:
     """Every (label, seed) of the suite, its config validated now: a typo fails before any run."""
     labels = list(suite.runs)
+    seeds = suite.seeds if suite.seeds is not None else [None]
+    if only_seeds:
+        unknown_seeds = [s for s in only_seeds if s not in seeds]
+        if unknown_seeds:
+            listed = ", ".join(map(str, suite.seeds)) if suite.seeds is not None else "none"
+            raise ConfigError(f"--seed {unknown_seeds[0]} is not a seed of {path} (seeds: {listed})")
+        seeds = [s for s in seeds if s in only_seeds]
     if only:
         unknown = [o for o in only if o not in suite.runs]
         if unknown:
@@ -96,7 +104,7 @@ def plan_runs(path: Path, suite: SuiteConfig, overrides: list[str], out: Path, o
     specs = []
     # seed-major: every learner's first seed before any learner's second, so a suite stopped
     # early has compared all learners on the seeds it finished
-    for seed in suite.seeds if suite.seeds is not None else (None,):
+    for seed in seeds:
         for label in labels:
             config_path, own = _run_entry(label, suite.runs[label])
             run_dir = out / _slug(label) / (f"seed{seed}" if seed is not None else "")
@@ -237,6 +245,7 @@ def run_suite(
     jobs: int = 1,
     only: list[str] | None = None,
     threads: int | None = None,
+    only_seeds: list[int] | None = None,
 ) -> dict[str, Any]:
     from metaplastic.evaluation.aggregate import aggregate_runs, write_suite_outputs
     from metaplastic.evaluation.references import evaluate_online_sgd
@@ -245,7 +254,7 @@ def run_suite(
     path = Path(path)
     suite = load_suite(path)
     out = Path(out_dir or suite.out_dir or Path("runs") / suite.name)
-    specs = plan_runs(path, suite, list(overrides or []), out, only)
+    specs = plan_runs(path, suite, list(overrides or []), out, only, only_seeds)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     records: dict[str, dict[str, Any]] = {}
@@ -265,6 +274,16 @@ def run_suite(
                     pool.shutdown(wait=True, cancel_futures=True)  # the runs in flight finish; no new one starts
                     raise type(e)(f"{spec.key}: {e}") from None
                 _log_run(log, records[spec.key])
+    if only or only_seeds:
+        # the suite's summary covers every finished run in its folder, not only this call's slice
+        for spec in plan_runs(path, suite, list(overrides or []), out, None, None):
+            if spec.key not in records:
+                cfg = load_config(spec.config_path, list(spec.overrides))
+                done = _finished_record(cfg.run_dir / "results.json", cfg.to_dict())
+                if done is not None:
+                    records[spec.key] = done
+        records = {spec.key: records[spec.key] for spec in plan_runs(path, suite, list(overrides or []), out, None)
+                   if spec.key in records}  # the suite's own order
     references = {}
     if suite.references and specs:
         # online SGD trains the network of the first run that has one (memory learners have none)

@@ -98,6 +98,16 @@ def test_suite_over_seeds_in_parallel_equals_sequential(tmp_path: Path) -> None:
     assert cell["n"] == 2 and cell["per_seed"][0] != cell["per_seed"][1] and cell["ci95"] > 0
     assert (tmp_path / "a" / "validation.png").stat().st_size > 1000
     assert (tmp_path / "a" / "flp" / "seed1" / "best.pt").is_file()
+    # --seed runs a slice of the seeds; the summary still covers every finished run of the folder
+    assert main(["suite", str(suite), "--out", str(tmp_path / "e"), "--no-progress", "--seed", "1"]) == 0
+    assert not (tmp_path / "e" / "flp" / "seed0").exists()
+    e = json.loads((tmp_path / "e" / "results.json").read_text())["summary"]["methods"]["FLP"]
+    assert e["last"]["continual"]["mse"]["per_seed"] == [cell["per_seed"][1]]
+    assert main(["suite", str(suite), "--out", str(tmp_path / "e"), "--no-progress", "--seed", "0"]) == 0
+    e = json.loads((tmp_path / "e" / "results.json").read_text())["summary"]["methods"]["FLP"]
+    assert e["last"] == a["last"]
+    assert main(["suite", str(suite), "--out", str(tmp_path / "f"), "--no-progress", "--seed", "7"]) == 2
+    assert not (tmp_path / "f").exists()
     assert main(["suite", str(suite), "--out", str(tmp_path / "c"), "--no-progress", "--only", "OML"]) == 2
     clash = write(tmp_path / "clash.yaml", {"name": "s", "runs": {"A/B": "flp.yaml", "a_b": "flp.yaml"}})
     assert main(["suite", str(clash), "--out", str(tmp_path / "d"), "--no-progress"]) == 2

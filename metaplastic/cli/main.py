@@ -129,7 +129,7 @@ def _suite(args: argparse.Namespace) -> None:
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     run_suite(args.suite, overrides, progress=not args.no_progress, out_dir=args.out, jobs=args.jobs,
-              only=args.only, threads=args.threads)
+              only=args.only, threads=args.threads, only_seeds=args.seed)
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs trained at once, in separate processes (default 1)")
     p.add_argument("--threads", type=_positive_int, help="torch threads per run (default: cores / jobs with --jobs)")
     p.add_argument("--only", action="append", metavar="LABEL", help="run only this label of the suite (repeatable)")
+    p.add_argument("--seed", action="append", type=int, metavar="K",
+                   help="run only this seed of the suite's seeds (repeatable): a slice too long for one session "
+                        "is run a few seeds at a time")
     p.set_defaults(func=_suite)
 
     p = sub.add_parser("sweep", help="search config keys and seeds on Ray Tune (grid, random, Optuna TPE; ASHA)")
