@@ -106,10 +106,12 @@ def test_sam_step_by_hand() -> None:
     memory = torch.randn(1, 4, 2, dtype=D, generator=g)
     state = {"h": torch.randn(1, 2, dtype=D, generator=g), "c": torch.randn(1, 2, dtype=D, generator=g),
              "read": torch.randn(1, 2, dtype=D, generator=g), "memory": memory,
+             "norms": torch.linalg.vector_norm(memory, dim=-1),
              "read_index": torch.tensor([[1, 3]]), "read_weights": torch.tensor([[0.7, 0.3]], dtype=D),
              "last_used": torch.tensor([[5.0, 7.0, 2.0, 7.0]], dtype=D), "time": torch.tensor([8.0], dtype=D)}
     x, y_prev = torch.tensor([[0.7, -1.1]], dtype=D), torch.tensor([[0.4]], dtype=D)
-    new, out = learner.step(meta, state, x, y_prev)
+    memory = memory.clone()  # the step writes its input state's memory in place
+    new, out = learner.step(meta, {**state, "memory": state["memory"].clone()}, x, y_prev)
     # controller
     u = torch.cat([x[0], y_prev[0], state["read"][0]])
     i, f, gg, o = (u @ p["W_x"] + state["h"][0] @ p["W_h"] + p["b"]).chunk(4)
@@ -145,18 +147,76 @@ def test_sam_step_by_hand() -> None:
 
 def test_sam_reads_only_k_slots_and_equals_dense_attention_at_k_equal_n() -> None:
     g = torch.Generator().manual_seed(1)
-    memory = torch.randn(3, 16, 4, dtype=D, generator=g).requires_grad_(True)
+    leaf = torch.randn(3, 16, 4, dtype=D, generator=g).requires_grad_(True)
+    memory = leaf.clone()  # reads pass the memory through in place: not a leaf
     q, beta = torch.randn(3, 4, dtype=D, generator=g), 1 + torch.rand(3, dtype=D, generator=g)
-    read, index, _ = sparse_read(memory, q, beta, 3)
-    (grad,) = torch.autograd.grad(read.sum(), memory)
+    norms = torch.linalg.vector_norm(memory, dim=-1).detach()
+    _, read, index, _ = sparse_read(memory, norms, q, beta, 3)
+    (grad,) = torch.autograd.grad(read.sum(), leaf)
     touched = grad.abs().sum(-1) > 0  # (T, N): slots the read depends on
     assert touched.sum(-1).tolist() == [3, 3, 3]
     assert all(set(touched[t].nonzero().flatten().tolist()) == set(index[t].tolist()) for t in range(3))
     dense_w = torch.softmax(beta[:, None] * torch.stack([torch.stack([_cos(q[t], memory[t, j]) for j in range(16)])
                                                          for t in range(3)]), -1)
     dense = (dense_w.unsqueeze(-1) * memory).sum(1)
-    torch.testing.assert_close(sparse_read(memory, q, beta, 16)[0], dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(sparse_read(memory, norms, q, beta, 16)[1], dense, rtol=0, atol=1e-12)
     assert not torch.allclose(read, dense)
+
+
+def _copying_rows(monkeypatch) -> None:
+    """SAM's memory access as plain out-of-place autograd ops (a copy of M per write)."""
+    from metaplastic.memory import sam
+
+    def write_and_read(memory, norms, erase, written, delta, key, k):
+        keep = torch.ones(memory.shape[:2], dtype=memory.dtype).scatter(1, erase, 0.0)
+        flat = sam._flat_index(memory, written)
+        kept = (keep.unsqueeze(-1) * memory).reshape(-1, memory.shape[-1])
+        memory = kept.index_add(0, flat, delta.reshape(-1, memory.shape[-1])).reshape(memory.shape).clone()
+        norms = torch.linalg.vector_norm(memory, dim=-1).detach()
+        index = sam.top_k_slots(memory, norms, key, k)
+        return memory, norms, torch.stack([memory[t, index[t]] for t in range(memory.shape[0])]), index
+
+    monkeypatch.setattr(sam, "write_and_read", write_and_read)
+
+
+@pytest.mark.parametrize("unroll", [UnrollConfig(), UnrollConfig(mode="checkpoint", segment=3),
+                                    UnrollConfig(mode="truncate", last_steps=5)])
+def test_sam_in_place_memory_equals_copying_autograd(unroll, monkeypatch) -> None:
+    """The in-place memory and its hand-written gradient buffer give the same value and
+    meta-gradient as out-of-place autograd ops, over a stream long enough to reuse slots."""
+    learner = SparseAccessMemory(hidden=3, slots=4, width=2, k=2, delta=0.0)
+    meta = init(learner)
+    keys = list(meta)
+    x, y, qx = _stream(T=2, S=4, B=3, seed=3)
+
+    def value_and_grads():
+        values = [meta[k].clone().requires_grad_(True) for k in keys]
+        value = _objective(learner, keys, x, y, qx, unroll)(*values)
+        return value, torch.autograd.grad(value, values)
+
+    value, grads = value_and_grads()
+    _copying_rows(monkeypatch)
+    ref_value, ref = value_and_grads()
+    torch.testing.assert_close(value, ref_value, rtol=1e-13, atol=1e-14)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_sam_boundary_states_leave_the_stream_unchanged() -> None:
+    """A flushed boundary state is a branch: the stream continues from the unflushed state, so the
+    last boundary equals the final state although SAM writes its memory in place."""
+    from metaplastic.memory.stream import boundary_states
+
+    learner = SparseAccessMemory(hidden=3, slots=5, width=2, k=2)
+    meta = init(learner)
+    x, y, qx = _stream(S=3)
+    with torch.no_grad():
+        last = list(boundary_states(learner, meta, x, y))[-1][1]
+        final = final_state(learner, meta, x, y, UnrollConfig())
+    for key in final:
+        assert torch.equal(last[key], final[key]), key
+    # the kept slot norms are the memory's
+    torch.testing.assert_close(final["norms"], torch.linalg.vector_norm(final["memory"], dim=-1), rtol=1e-12, atol=0)
 
 
 # ---- float64 meta-gradients, memory modes, task batching ------------------------------

@@ -25,11 +25,15 @@ Cost. Reads and writes gather and scatter K + 1 rows; there is no dense N-slot s
 O(N) parts remain, both outside the differentiable computation: the top-K search is exact
 (``torch.topk`` over the N similarities, one matrix-vector product without a graph, where the
 paper uses an approximate nearest-neighbour index, which at these sizes would only add
-overhead) and the LRU slot is an argmin over the N usage times. The memory itself is updated
-out of place (a copy of M per step, O(N W) bytes moved) so that states stay values, which
-checkpointing and evaluation at stream boundaries need. With ``k = slots`` the same module is
-the dense-attention memory (every slot read and written), the comparison of
+overhead) and the LRU slot is an argmin over the N usage times. The memory is written in place
+and its gradient is one buffer handed down the stream (``write_and_read``; Sec. 3.5 of
+the paper: only the touched rows are stored per step), so neither pass copies M. A step
+therefore consumes its input state's memory: ``metaplastic.memory.stream`` copies a state it
+reuses (a flushed boundary state, a checkpointed segment's input). With ``k = slots`` the same
+module is the dense-attention memory (every slot read and written), the comparison of
 ``benchmarks/memory_slots.py``.
+
+The state also keeps each slot's norm |M[i]|, updated at the written rows only.
 
 Initial state: M = 0, r = 0, w^R = 0 (so the first write goes to the LRU slot only), slot i
 last used at time i - N (slots are first used in order 0, 1, ...).
@@ -42,6 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from metaplastic.errors import ConfigError
 from metaplastic.memory.base import State, like, params_of, uniform, with_prefix
@@ -57,32 +62,109 @@ def cosine(q: Tensor, rows: Tensor) -> Tensor:
     return dot / norms
 
 
-def gather_rows(memory: Tensor, index: Tensor) -> Tensor:
-    """memory (T, N, W), index (T, ...) -> rows (T, ..., W). ``index_select`` on the flat memory
-    keeps only the indices for the backward pass (``gather`` would keep every step's memory
-    alive: O(N W) memory per step)."""
-    T, N, W = memory.shape
-    flat = (index.reshape(T, -1) + N * torch.arange(T, device=index.device).unsqueeze(1)).flatten()
-    return memory.reshape(T * N, W).index_select(0, flat).reshape(*index.shape, W)
+def _flat_index(memory: Tensor, index: Tensor) -> Tensor:
+    """Rows of the flat (T * N, W) memory for per-task slot indices (T, ...)."""
+    T, N, _ = memory.shape
+    return (index.reshape(T, -1) + N * torch.arange(T, device=index.device).unsqueeze(1)).flatten()
+
+
+class _ReadRows(torch.autograd.Function):
+    """(memory, rows at ``flat``): the memory passes through (marked dirty, so it is not turned
+    into a view); backward adds the rows' gradient into the memory's gradient buffer in place."""
+
+    @staticmethod
+    def forward(ctx, memory: Tensor, flat: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        ctx.mark_dirty(memory)
+        ctx.save_for_backward(flat)
+        ctx.shape = memory.shape
+        return memory, memory.view(-1, memory.shape[-1]).index_select(0, flat)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_memory: Tensor | None, grad_rows: Tensor | None) -> tuple[Tensor | None, None]:
+        if grad_rows is None:
+            return grad_memory, None
+        (flat,) = ctx.saved_tensors
+        if grad_memory is None:  # the last read of a lifetime: the buffer starts here, once per lifetime
+            grad_memory = grad_rows.new_zeros(ctx.shape)
+        grad_memory.view(-1, ctx.shape[-1]).index_add_(0, flat, grad_rows)
+        return grad_memory, None
+
+
+class _WriteAndRead(torch.autograd.Function):
+    """One step's memory access, in place: erase the rows ``erase`` and add ``delta`` at the rows
+    ``written`` (repeated rows accumulate), refresh those rows' norms, find the top-K slots for
+    the key and gather them. Backward adds the read rows' gradient into the memory's gradient
+    buffer, reads the delta's gradient at the written rows, zeroes the erased rows and hands the
+    buffer down: O((K + 1) W) per step in both passes, plus the O(N) search."""
+
+    @staticmethod
+    def forward(ctx, memory: Tensor, norms: Tensor, erase: Tensor, written: Tensor, delta: Tensor, key: Tensor,
+                k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        T, N, W = memory.shape
+        rows = memory.view(-1, W)
+        rows.index_fill_(0, erase, 0)
+        rows.index_add_(0, written, delta)
+        norms.view(-1).index_copy_(0, written, torch.linalg.vector_norm(rows.index_select(0, written), dim=-1))
+        index = top_k_slots(memory, norms, key, k)
+        read = _flat_index(memory, index)
+        ctx.mark_dirty(memory, norms)
+        ctx.mark_non_differentiable(norms, index)
+        ctx.save_for_backward(erase, written, read)
+        ctx.shape = memory.shape
+        return memory, norms, rows.index_select(0, read).reshape(*index.shape, W), index
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_memory: Tensor | None, _norms: None, grad_rows: Tensor | None, _index: None):
+        erase, written, read = ctx.saved_tensors
+        if grad_rows is not None:
+            if grad_memory is None:  # the last write of a lifetime whose memory is not read again
+                grad_memory = grad_rows.new_zeros(ctx.shape)
+            grad_memory.view(-1, grad_memory.shape[-1]).index_add_(0, read, grad_rows.reshape(-1, grad_rows.shape[-1]))
+        if grad_memory is None:
+            return (None,) * 7
+        rows = grad_memory.view(-1, grad_memory.shape[-1])
+        grad_delta = rows.index_select(0, written)
+        rows.index_fill_(0, erase, 0)
+        return grad_memory, None, None, None, grad_delta, None, None
+
+
+def write_and_read(memory: Tensor, norms: Tensor, erase: Tensor, written: Tensor, delta: Tensor, key: Tensor,
+                   k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(memory, norms, rows (T, K, W), slot indices (T, K)) after erasing slots ``erase`` (T, E),
+    adding delta (T, R, W) at slots ``written`` (T, R) and searching the top-``k`` slots for
+    ``key`` (T, W); memory and norms are updated in place."""
+    return _WriteAndRead.apply(memory, norms, _flat_index(memory, erase), _flat_index(memory, written),
+                               delta.reshape(-1, memory.shape[-1]), key.detach(), k)
+
+
+def read_rows(memory: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """(memory, rows (T, ..., W)) for memory (T, N, W) and slot indices (T, ...): O(rows W) in
+    both passes. The returned memory is the same tensor; use it from here on."""
+    memory, rows = _ReadRows.apply(memory, _flat_index(memory, index))
+    return memory, rows.reshape(*index.shape, memory.shape[-1])
 
 
 @torch.no_grad()
-def top_k_slots(memory: Tensor, q: Tensor, k: int) -> Tensor:
+def top_k_slots(memory: Tensor, norms: Tensor, q: Tensor, k: int) -> Tensor:
     """Indices (T, ..., K) of the k slots most similar to each key q (T, ..., W): the exact
-    search, one matrix product and one norm per slot, without a graph."""
+    search, one matrix-vector product over the slots (row-major, as M is stored) divided by the
+    slots' norms (T, N), kept up to date by ``slot_norms``, without a graph."""
     T, _, W = memory.shape
-    keys = q.reshape(T, -1, W)
-    dots = keys @ memory.transpose(1, 2)  # (T, Q, N)
-    norms = torch.linalg.vector_norm(memory, dim=-1).unsqueeze(1) + NORM_EPS  # ranking only: eps placement immaterial
-    return (dots / norms).topk(k, dim=-1).indices.reshape(*q.shape[:-1], k)
+    dots = (memory @ q.reshape(T, -1, W).transpose(1, 2)).transpose(1, 2)  # (T, Q, N)
+    return (dots / (norms.unsqueeze(1) + NORM_EPS)).topk(k, dim=-1).indices.reshape(*q.shape[:-1], k)
 
 
-def sparse_read(memory: Tensor, q: Tensor, beta: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(read vectors (T, ..., W), slot indices (T, ..., K), read weights (T, ..., K))."""
-    index = top_k_slots(memory, q, k)
-    rows = gather_rows(memory, index)  # (T, ..., K, W)
+def sparse_read(memory: Tensor, norms: Tensor, q: Tensor, beta: Tensor, k: int
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(memory, read vectors (T, ..., W), slot indices (T, ..., K), read weights (T, ..., K))."""
+    index = top_k_slots(memory, norms, q, k)
+    memory, rows = read_rows(memory, index)  # (T, ..., K, W)
     weights = torch.softmax(beta.unsqueeze(-1) * cosine(q, rows), dim=-1)
-    return (weights.unsqueeze(-1) * rows).sum(-2), index, weights
+    return memory, (weights.unsqueeze(-1) * rows).sum(-2), index, weights
 
 
 @dataclass(frozen=True)
@@ -124,6 +206,7 @@ class SparseAccessMemory:
             "c": torch.zeros(T, self.hidden, **opts),
             "read": torch.zeros(T, self.width, **opts),
             "memory": torch.zeros(T, N, self.width, **opts),
+            "norms": torch.zeros(T, N, **opts),  # of the memory's rows, for the top-K search
             "read_index": torch.arange(K, device=opts["device"]).expand(T, K),
             "read_weights": torch.zeros(T, K, **opts),
             "last_used": (torch.arange(N, **opts) - N).expand(T, N),
@@ -148,17 +231,17 @@ class SparseAccessMemory:
         lru = last_used.argmin(-1, keepdim=True)  # (T, 1): an O(N) reduction
         write_index = torch.cat([state["read_index"], lru], -1)  # (T, K + 1)
         write_weights = alpha * torch.cat([gamma * state["read_weights"], 1 - gamma], -1)
-        rows = torch.cat([-gather_rows(memory, lru), write_weights.unsqueeze(-1) * a.unsqueeze(1)], 1)
-        index = torch.cat([lru, write_index], -1)
-        memory = memory.scatter_add(1, index.unsqueeze(-1).expand(*index.shape, self.width), rows)
-        # read the top-K slots of the new memory
-        read, read_index, read_weights = sparse_read(memory, q, beta, self.k)
+        # then read the top-K slots of the new memory
+        memory, norms, rows, read_index = write_and_read(memory, state["norms"], lru, write_index,
+                                                         write_weights.unsqueeze(-1) * a.unsqueeze(1), q, self.k)
+        read_weights = torch.softmax(beta.unsqueeze(-1) * cosine(q, rows), dim=-1)
+        read = (read_weights.unsqueeze(-1) * rows).sum(-2)
         # usage: slots accessed above delta were last used now
         touched = torch.cat([read_index, write_index], -1)
         weights = torch.cat([read_weights, write_weights], -1).detach()
         stamp = torch.where(weights > self.delta, t.unsqueeze(-1), torch.full_like(weights, -float("inf")))
         last_used = last_used.scatter_reduce(1, touched, stamp, reduce="amax")
-        new = {"h": h, "c": c, "read": read, "memory": memory, "read_index": read_index,
+        new = {"h": h, "c": c, "read": read, "memory": memory, "norms": norms, "read_index": read_index,
                "read_weights": read_weights, "last_used": last_used, "time": t + 1}
         return new, torch.cat([h, read], -1) @ p["W_y"] + p["b_y"]
 
@@ -166,5 +249,5 @@ class SparseAccessMemory:
         p = params_of(meta, self.name)
         u = torch.cat([query_x, query_x.new_zeros(*query_x.shape[:-1], p["W_y"].shape[1])], -1)
         h, _, q, beta, *_ = self.controller(p, u, state, lead=1)
-        read, _, _ = sparse_read(state["memory"], q, beta, self.k)
+        _, read, _, _ = sparse_read(state["memory"], state["norms"], q, beta, self.k)
         return torch.cat([h, read], -1) @ p["W_y"] + p["b_y"]

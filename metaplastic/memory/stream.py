@@ -31,10 +31,17 @@ def stream_samples(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return xs, prev
 
 
+def copied(state: State) -> State:
+    """A state a step may consume: learners may update their state in place (SAM's memory), so a
+    state used again later (a branch, a checkpointed segment's input) is copied first (once per
+    branch, not per step; the copy's backward passes the gradient through)."""
+    return {k: v.clone() for k, v in state.items()}
+
+
 def run_samples(
     learner: MemoryLearner, meta: dict[str, Tensor], state: State, xs: Tensor, prev: Tensor, begin: int, end: int
 ) -> State:
-    """The state after samples begin..end-1 (the unit checkpointing recomputes)."""
+    """The state after samples begin..end-1; consumes ``state``."""
     for t in range(begin, end):
         state, _ = learner.step(meta, state, xs[:, t], prev[:, t])
     return state
@@ -53,7 +60,7 @@ def run_stream(
     if unroll.mode == "checkpoint" and torch.is_grad_enabled():
         segment = unroll.segment_length(n)
         for begin in range(0, n, segment):
-            state = checkpoint(run_samples, learner, meta, state, xs, prev, begin, min(begin + segment, n),
+            state = checkpoint(_segment, learner, meta, state, xs, prev, begin, min(begin + segment, n),
                                use_reentrant=False)
         return state
     start = unroll.first_graph_step(n)
@@ -62,6 +69,13 @@ def run_stream(
             state = run_samples(learner, meta, state, xs, prev, 0, start)
         state = {k: v.detach() for k, v in state.items()}
     return run_samples(learner, meta, state, xs, prev, start, n)
+
+
+def _segment(
+    learner: MemoryLearner, meta: dict[str, Tensor], state: State, xs: Tensor, prev: Tensor, begin: int, end: int
+) -> State:
+    """A checkpointed segment: its input state is kept intact for the recomputation."""
+    return run_samples(learner, meta, copied(state), xs, prev, begin, end)
 
 
 def final_state(
@@ -87,4 +101,4 @@ def boundary_states(
     for step in range(x.shape[1]):
         state = run_samples(learner, meta, state, xs, prev, step * per_step, (step + 1) * per_step)
         if steps is None or step in steps:
-            yield step, flush(learner, meta, state, xs, y[:, step, -1])
+            yield step, flush(learner, meta, copied(state), xs, y[:, step, -1])
