@@ -443,6 +443,43 @@ def width_table(narrow: Path, wide: Path) -> str:
     return "\n".join(lines)
 
 
+def budget_table(shorts: list[Path], long: Path, episodes: list[int]) -> str:
+    """Validation MSE against meta-training episodes (meta-steps x meta-batch) for the learners of
+    two suites that differ in budget and meta-batch: the same seeds validate on the same
+    episodes, so the columns compare the two budgets at equal numbers of episodes seen."""
+    def curves(suite: Path) -> tuple[dict[tuple[str, int], dict[int, float]], dict[str, int]]:
+        out, batch = {}, {}
+        for record in json.loads((suite / "results.json").read_text())["runs"].values():
+            c = record.get("validation_curve", {})
+            per_step = record["config"]["meta"]["meta_batch"]
+            batch[record["label"]] = per_step
+            out[(record["label"], record["seed"])] = {s * per_step: v for s, v in zip(c.get("step", []),
+                                                                                     c.get("val/mse", []))}
+        return out, batch
+
+    big, big_batch = curves(long)
+    labels = list(dict.fromkeys(label for label, _ in big))
+    short_of = {}
+    for short in shorts:
+        table, batch = curves(short)
+        for label in batch:
+            short_of.setdefault(label, (short, table, batch))
+    lines = ["| learner | budget | " + " | ".join(f"{e:,} episodes" for e in episodes) + " |",
+             "|---|---|" + "---|" * len(episodes)]
+    for label in labels:
+        for suite, table, batch in ([short_of[label]] if label in short_of else []) + [(long, big, big_batch)]:
+            seeds = sorted(seed for (lab, seed) in table if lab == label)
+            if not seeds:
+                continue
+            cells = [fmt([table[(label, s)][e] for s in seeds], 2)
+                     if all(e in table[(label, s)] for s in seeds) else "-" for e in episodes]
+            lines.append(f"| {label} | {suite.name} (meta-batch {batch[label]}, {len(seeds)} seeds) | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "Validation MSE on the same 20 fixed held-out episodes, mean ± 95% t-interval over seeds "
+              "(per-seed values in brackets; one seed: its value); '-': not reached by that budget.", ""]
+    return "\n".join(lines)
+
+
 def fill_page(page: Path, suite: str, text: str) -> None:
     """Replace the page's block for ``suite`` (between its markers) with ``text``."""
     begin, end = f"<!-- table:{suite} -->", "<!-- end -->"
@@ -472,8 +509,22 @@ def main() -> None:
                         "<SUITE_B>.md (block '<SUITE_A>_vs_<SUITE_B>' of --page)")
     parser.add_argument("--width", nargs=2, metavar=("NARROW_SUITE", "WIDE_SUITE"), type=Path,
                         help="two suites of the same learners at two widths: writes <out>/width.md (block 'width')")
+    parser.add_argument("--budget", nargs=2, metavar=("SHORT_SUITES", "LONG_SUITE"),
+                        help="comma-separated suites and one suite of the same learners at a longer budget: "
+                        "validation against episodes, "
+                        "writes <out>/budget.md (block 'budget')")
+    parser.add_argument("--episodes", default="0,2000,4000,8000,12000,16000,20000",
+                        help="episode counts of the --budget table (comma-separated)")
     args = parser.parse_args()
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
+    if args.budget:
+        shorts = [Path(d) for d in args.budget[0].split(",")]
+        text = budget_table(shorts, Path(args.budget[1]), [int(e) for e in args.episodes.split(",")])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "budget.md").write_text(text)
+        if args.page is not None:
+            fill_page(args.page, "budget", text)
+        print(f"wrote {args.out / 'budget.md'}")
     if args.across:
         name = f"{args.across[0].name}_vs_{args.across[1].name}"
         text = across_table(*args.across, pairs)
