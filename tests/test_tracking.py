@@ -163,3 +163,21 @@ def test_local_record_has_no_repeated_steps_after_a_resume(tmp_path) -> None:
         resumed.log({"x": 10.0 * s}, step=s)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[2]["x"] == 30.0
+
+
+def test_rule_statistics_cover_every_group_the_rule_declares() -> None:
+    """A rule's own groups are tracked without a global list (target propagation adds 'inverse'
+    and 'tp', which no other rule has)."""
+    import torch
+
+    from metaplastic.meta.experiment import Experiment
+    from metaplastic.tracking import rule_statistics
+    from tests.conftest import tiny_config
+
+    exp = Experiment.from_config(tiny_config(rule={"name": "dtp"}))
+    meta = exp.learner.init(torch.Generator().manual_seed(0), torch.float64)
+    stats = rule_statistics(exp.net, exp.rule, meta)
+    groups = {key.split("/")[0] for key in stats}
+    assert groups == set(exp.rule.groups) - {g for g in exp.rule.groups if not any(k.startswith(g + ".") for k in
+                                                                                    exp.rule.prepare(exp.net, meta))}
+    assert {"inverse", "tp"} <= groups

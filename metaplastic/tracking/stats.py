@@ -1,9 +1,10 @@
 """Scalars that describe a rule's meta-parameters as the inner loop uses them.
 
 Statistics are taken on ``rule.prepare(net, meta)`` (constraints such as softplus applied),
-for the groups a learned rule adapts: plasticity coefficients (``coef``), feedback strengths
-(``beta``) and inner step sizes (``lr``). A scalar is reported as is; a tensor by its mean,
-standard deviation, minimum and maximum, e.g. ``coef/3.weight/mean``.
+for every meta-parameter group the rule declares (``Rule.groups``: e.g. plasticity coefficients
+``coef``, feedback weights and strengths ``feedback``/``beta``, inner step sizes ``lr``), so a
+new rule's groups are tracked without editing this module. A scalar is reported as is; a tensor
+by its mean, standard deviation, minimum and maximum, e.g. ``coef/3.weight/mean``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ from torch import Tensor
 from metaplastic.networks import MLP
 from metaplastic.rules import Rule
 
-GROUPS = ("coef", "beta", "lr")
-
 
 @torch.no_grad()
 def rule_statistics(net: MLP, rule: Rule, meta: dict[str, Tensor]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in rule.prepare(net, meta).items():
         group, _, rest = key.partition(".")
-        if group not in GROUPS:
+        if group not in rule.groups:
             continue
         v = value.detach().double()
         if v.numel() == 1:
