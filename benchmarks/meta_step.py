@@ -31,7 +31,17 @@ RULES = {
     "flp-oja": ("FLP-Oja", {"name": "flp", "form": "oja"}, None),
     "flp-hebb": ("FLP-Hebb", {"name": "flp", "form": "hebb"}, None),
     "oml": ("OML (layers 6,7)", {"name": "sgd"}, [-3, -2]),  # layers 6, 7 of the 9
+    # the 4-term pool of experiments/quick_poly.yaml: Oja's two terms, a neuron-scoped post term
+    # and a layer-scoped weight decay
+    "poly": ("poly (4 terms)", {"name": "poly", "terms": {"pre_target": "synapse", "target2_w": "synapse",
+                                                          "post": "neuron", "w": "layer"},
+                                "coef_init": {"pre_target": 1.0e-4, "target2_w": -1.0e-4}}, None),
+    # target propagation and the backward-path rules: no FLOP model (GFLOP/s and roofline '-')
+    "dtp": ("DTP", {"name": "dtp", "lr_init": 0.2, "inverse_lr_init": 0.2, "alpha_init": 0.1, "sigma_init": 0.1}, None),
+    "fa": ("FA", {"name": "fa"}, None),
+    "dfa": ("DFA", {"name": "dfa"}, None),
 }
+FLOP_MODEL = ("flp-oja", "flp-hebb", "poly", "oml")
 HIDDEN = [300, 300, 300, 300, 300, 900, 300, 300]
 QUICK_HIDDEN = [64, 64, 128, 64]
 
@@ -64,8 +74,9 @@ def gemm_list(rule: str, shapes: list[tuple[int, int]], plastic: list[int], batc
     for l, (o, i) in enumerate(shapes):
         gemms.append((steps, batch, i, o))  # inner forward pass a = h W^T
         gemms += [(1, query, i, o), (2 if l else 1, query, o, i)]  # query: forward, backward
-        if rule.startswith("flp"):
-            oja = rule == "flp-oja"
+        if rule.startswith("flp") or rule == "poly":
+            # poly: one outer-product term (pre_target) like Oja's, its other terms weight-sized
+            oja = rule in ("flp-oja", "poly")
             gemms.append((steps, o, batch, i))  # forward: M = t^T h
             # backward: h D^T, t D, M again (for dL/dP), delta^T h, and delta W below the top
             gemms += [(steps, batch, i, o), (steps, batch, o, i), (2 * steps, o, batch, i)]
@@ -154,8 +165,12 @@ class Worker:
         if plastic is not None:
             plastic = [p % n_layers for p in plastic]
             label = label.replace("6,7", ",".join(map(str, plastic)))
+        if rule_cfg["name"] == "poly" and not hasattr(lifetime, "choose_path"):
+            raise SystemExit("this checkout has no fused poly rule")
         if rule_cfg["name"] == "sgd":
             lr = {"init": 1e-4, "lr": 1e-4}
+        elif opts["rule"] not in FLOP_MODEL:
+            lr = {"init": 1e-4}
         else:
             lr = {"init": 1e-4, "feedback": 1e-4, "coef": 1e-8, "beta": 1e-4}
         network = {"hidden": opts["hidden"]}
@@ -192,7 +207,9 @@ class Worker:
             opts["rule"], shapes, self.exp.net.plastic_layers, opts["batch"], query, steps
         )
         # tasks of a meta-batch repeat the same GEMM shapes (batched); truncation is not counted
-        self.flop = flop_count(self.gemms, elementwise) * meta["meta_batch"]
+        self.flop = flop_count(self.gemms, elementwise) * meta["meta_batch"] if opts["rule"] in FLOP_MODEL else None
+        if self.flop is None:  # the matmul column still times the network's forward GEMM shapes
+            self.gemms = [g for g in self.gemms if g[0] == steps and g[1] == opts["batch"]][: len(shapes)]
         self.times: list[float] = []
         self.rates: list[float] = []
 
@@ -214,8 +231,8 @@ class Worker:
             "peak_rss_gb": rss_gb(),
             "baseline_rss_gb": self.baseline_rss,
             "import_rss_gb": self.import_rss,
-            "gflop": self.flop / 1e9,
-            "gflops": self.flop / 1e9 / seconds,
+            "gflop": self.flop / 1e9 if self.flop is not None else None,
+            "gflops": self.flop / 1e9 / seconds if self.flop is not None else None,
             "matmul_gflops": statistics.median(self.rates),
             "threads": self.torch.get_num_threads(),
             "device": self.device,
@@ -227,11 +244,92 @@ class Worker:
         }
 
 
+# ---- where one meta-step's time goes ---------------------------------------------------------
+GEMM_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::mv", "aten::addmv",
+            "aten::dot", "aten::vdot"}
+ALLOC_OPS = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::resize_", "aten::new_empty",
+             "aten::new_empty_strided"}
+KINDS = ("GEMM", "native", "elementwise", "allocation")
+PHASES = ("forward", "reverse", "optimizer")
+
+
+def _phase(event) -> str:
+    """forward (the lifetime and meta-loss), reverse (inside autograd's backward) or optimizer."""
+    node = event
+    while node is not None:
+        if node.name.startswith("autograd::engine::evaluate_function"):
+            return "reverse"
+        if node.name.startswith("Optimizer."):
+            return "optimizer"
+        node = node.cpu_parent
+    return "forward"
+
+
+def _kind(name: str) -> str:
+    if name in GEMM_OPS:
+        return "GEMM"
+    if name.startswith("native::"):
+        return "native"
+    if name in ALLOC_OPS:
+        return "allocation"
+    return "elementwise"  # every other operator: elementwise passes, reductions, copies, indexing
+
+
+def phase_breakdown(w: Worker) -> dict:
+    """Seconds of one meta-step by phase and kind of work, from torch.profiler's self times of the
+    operators (the native kernels are timed as ``native::<name>`` ranges); ``overhead`` is the
+    step's wall time outside every operator (Python, dispatch, autograd bookkeeping, profiling).
+    The profiler adds its own cost per operator, so the ``overhead`` row is an upper bound."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from metaplastic.kernels import native
+
+    originals = {name: getattr(native, name) for name in ("hebbian_forward", "hebbian_adjoint")
+                 if hasattr(native, name)}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            with record_function(f"native::{name}"):
+                return fn(*args, **kwargs)
+        return call
+
+    for name, fn in originals.items():
+        setattr(native, name, timed(name, fn))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            w.step(timed=False)
+            wall = time.perf_counter() - start
+    finally:
+        for name, fn in originals.items():
+            setattr(native, name, fn)
+    table = {phase: dict.fromkeys(KINDS, 0.0) for phase in PHASES}
+    for event in prof.events():
+        if event.name.startswith(("aten::", "native::")) and event.device_type == torch.autograd.DeviceType.CPU:
+            table[_phase(event)][_kind(event.name)] += event.self_cpu_time_total / 1e6
+    operators = sum(sum(row.values()) for row in table.values())
+    return {"wall": wall, "table": table, "overhead": max(0.0, wall - operators)}
+
+
+def print_phases(label: str, phases: dict) -> None:
+    wall = phases["wall"]
+    print(f"\n{label}: one profiled meta-step, {wall:.2f} s (seconds and share of it)")
+    print(f"{'phase':<10}" + "".join(f"{k:>18}" for k in KINDS))
+    for phase, row in phases["table"].items():
+        print(f"{phase:<10}" + "".join(f"{row[k]:>10.3f} ({row[k] / wall:>4.0%})" for k in KINDS))
+    print(f"{'overhead':<10}{phases['overhead']:>10.3f} ({phases['overhead'] / wall:>4.0%})  "
+          "outside every operator: Python, dispatch, autograd bookkeeping, profiling")
+
+
 def worker(opts: dict) -> dict:
     w = Worker(opts)
     for i in range(opts["warmup"] + opts["repeats"]):
         w.step(timed=i >= opts["warmup"])
-    return w.result()
+    result = w.result()
+    if opts.get("phases"):
+        result["phases"] = phase_breakdown(w)
+    return result
 
 
 def serve(opts: dict) -> None:
@@ -321,7 +419,7 @@ def paired(opts: dict, baseline: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rules", default="flp-oja,flp-hebb,oml", help=f"comma-separated, from {', '.join(RULES)}")
+    p.add_argument("--rules", default="flp-oja,flp-hebb,poly,oml", help=f"comma-separated, from {', '.join(RULES)}")
     p.add_argument("--steps-per-function", type=int, default=40)
     p.add_argument("--functions", type=int, default=10)
     p.add_argument("--batch", type=int, default=32)
@@ -342,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-malloc", action="store_true",
                    help="skip metaplastic.runtime.keep_freed_memory(), which the CLI calls (glibc defaults)")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    p.add_argument("--phases", action="store_true",
+                   help="after the timed steps, profile one more and print its time by phase (forward, reverse, "
+                        "optimizer) and kind (GEMM, native kernels, elementwise, allocation, overhead)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--baseline", metavar="DIR",
                    help="also time the metaplastic package found in DIR (e.g. an older checkout), "
@@ -377,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "threads": args.threads, "general": args.general,
             "keep_freed_memory": not args.default_malloc, "meta_batch": args.meta_batch, "device": args.device,
             "tf32": args.tf32, "unroll": {"mode": args.unroll, "segment": args.segment, "last_steps": args.last_steps},
+            "phases": args.phases,
         }
         if args.compile:
             opts["unroll"]["compile"] = True
@@ -395,11 +497,16 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for r in results:
+        flops = (f"{r['gflop']:>7.3g} {r['gflops']:>8.3g} {r['matmul_gflops']:>7.1f} "
+                 f"{r['gflops'] / r['matmul_gflops']:>8.2f}") if r.get("gflop") is not None else \
+            f"{'-':>7} {'-':>8} {r['matmul_gflops']:>7.1f} {'-':>8}"
         print(f"{r['label']:<44} {r['seconds']:>7.2f} {r['peak_rss_gb']:>7.2f}GB {r['baseline_rss_gb']:>7.2f}GB "
-              f"{r['gflop']:>7.3g} {r['gflops']:>8.3g} {r['matmul_gflops']:>7.1f} "
-              f"{r['gflops'] / r['matmul_gflops']:>8.2f}"
+              + flops
               + (f"  GPU peak {r['device_peak_gb']:.2f}GB" if r.get("device_peak_gb") is not None else "")
               + (f"  [{', '.join(r['lifetime'].values())}]" if r.get("lifetime") else ""))
+    for r in results:
+        if r.get("phases"):
+            print_phases(r["label"], r["phases"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)
