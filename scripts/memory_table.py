@@ -1,0 +1,96 @@
+"""The README's memory-learner table from the runs of the four memory suites.
+
+    python scripts/memory_table.py runs/memory_quick runs/memory_quick_walltime \
+        runs/memory_omniglot runs/memory_omniglot_walltime --page README.md
+
+Each suite folder's ``results.json`` (written by ``metaplastic suite``) gives, per run, the
+meta-steps, the meta-training seconds and the evaluation of the last checkpoint. Regression
+suites give continual and i.i.d. MSE (± standard error over the test episodes), classification
+suites accuracy at every class count (± 95% interval over the evaluation runs). The table goes
+to stdout and, with ``--page``, into the page's ``<!-- table:memory -->`` ... ``<!-- end -->``
+block. Nothing is typed in: a run that is missing is not in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from repro_report import fill_page  # noqa: E402
+
+ORDERS = ("continual", "iid")
+
+
+def _runs(suite: Path) -> list[dict[str, Any]]:
+    data = json.loads((suite / "results.json").read_text())
+    return list(data["runs"].values())
+
+
+def _budget(suite: Path) -> str:
+    return "equal wall time" if suite.name.endswith("_walltime") else "equal meta-steps"
+
+
+def regression_rows(suites: list[Path]) -> list[str]:
+    lines = ["| learner | budget | meta-steps | train s | continual MSE | i.i.d. MSE |", "|---|---|---|---|---|---|"]
+    for suite in suites:
+        for r in _runs(suite):
+            t = r["last"]["trained"]
+            cells = [f"{t[o]['mse']:.3f} ± {t[o]['mse_se']:.3f}" for o in ORDERS]
+            lines.append(f"| {r['label']} | {_budget(suite)} | {r['step']} | {r['train_seconds_total']:.0f} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
+def classification_rows(suites: list[Path]) -> list[str]:
+    first = _runs(suites[0])[0]["last"]["trained"]["continual"]
+    counts = first["classes"]
+    lines = ["| learner | budget | meta-steps | train s | order | " + " | ".join(f"{n} classes" for n in counts) + " |",
+             "|---|---|---|---|---|" + "---|" * len(counts)]
+    for suite in suites:
+        for r in _runs(suite):
+            for order in ORDERS:
+                t = r["last"]["trained"][order]
+                cells = [f"{a:.3f} ± {c:.3f}" for a, c in zip(t["accuracy"], t["ci95"])]
+                lines.append(f"| {r['label']} | {_budget(suite)} | {r['step']} | {r['train_seconds_total']:.0f} | "
+                             f"{order} | " + " | ".join(cells) + " |")
+    references = _runs(suites[0])[0]["last"].get("references", {})
+    for name, ref in references.items():
+        if "pixels" in name:  # references on the learners' own features differ per learner
+            lines.append(f"| {name} | - | - | - | continual | "
+                         + " | ".join(f"{a:.3f}" for a in ref["continual"]["accuracy"]) + " |")
+    return lines
+
+
+def is_classification(suite: Path) -> bool:
+    return "accuracy" in _runs(suite)[0]["last"]["trained"]["continual"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="+", type=Path)
+    parser.add_argument("--page", type=Path, help="markdown page with a <!-- table:memory --> block")
+    args = parser.parse_args()
+    present = [s for s in args.suites if (s / "results.json").is_file()]
+    for s in sorted(set(args.suites) - set(present)):
+        print(f"memory_table: {s} has no results.json: left out", file=sys.stderr)
+    regression = [s for s in present if not is_classification(s)]
+    classification = [s for s in present if is_classification(s)]
+    parts = []
+    if regression:
+        parts += ["Quick continual sine protocol (10 functions x 10 steps x batch 16; held-out MSE after the stream, "
+                  "± s.e. over 100 test episodes):", "", *regression_rows(regression), ""]
+    if classification:
+        parts += ["CPU-sized continual Omniglot (held-out alphabets; accuracy after learning n classes, ± 95% "
+                  "interval over 20 evaluation runs):", "", *classification_rows(classification), ""]
+    text = "\n".join(parts)
+    print(text)
+    if args.page is not None:
+        fill_page(args.page, "memory", text)
+
+
+if __name__ == "__main__":
+    main()
