@@ -65,6 +65,17 @@ def classification_rows(suites: list[Path]) -> list[str]:
     return lines
 
 
+def wall_time_steps(suite: Path, reference: str = "FLP") -> dict[str, int]:
+    """Meta-steps that give each memory learner of ``suite`` the reference learner's wall time:
+    reference steps x (reference s/step) / (learner s/step), seconds per step from the runs'
+    ``train_seconds_total`` (the mean of their logged per-step times)."""
+    runs = {r["label"]: r for r in _runs(suite)}
+    ref = runs[reference]
+    per_step = ref["train_seconds_total"] / ref["step"]
+    return {label: max(1, round(ref["step"] * per_step / (r["train_seconds_total"] / r["step"])))
+            for label, r in runs.items() if label not in (reference, "OML")}
+
+
 def is_classification(suite: Path) -> bool:
     return "accuracy" in _runs(suite)[0]["last"]["trained"]["continual"]
 
@@ -73,7 +84,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="+", type=Path)
     parser.add_argument("--page", type=Path, help="markdown page with a <!-- table:memory --> block")
+    parser.add_argument("--wall-time-steps", action="store_true",
+                        help="print, per suite, the meta-steps that give each memory learner FLP's wall time "
+                        "(for the *_walltime suites) and stop")
     args = parser.parse_args()
+    if args.wall_time_steps:
+        for suite in args.suites:
+            print(suite, wall_time_steps(suite))
+        return
     present = [s for s in args.suites if (s / "results.json").is_file()]
     for s in sorted(set(args.suites) - set(present)):
         print(f"memory_table: {s} has no results.json: left out", file=sys.stderr)
