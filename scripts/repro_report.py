@@ -471,7 +471,7 @@ def budget_table(shorts: list[Path], long: Path, episodes: list[int]) -> str:
             seeds = sorted(seed for (lab, seed) in table if lab == label)
             if not seeds:
                 continue
-            cells = [fmt([table[(label, s)][e] for s in seeds], 2)
+            cells = [fmt([table[(label, s)][e] for s in seeds], 3)
                      if all(e in table[(label, s)] for s in seeds) else "-" for e in episodes]
             lines.append(f"| {label} | {suite.name} (meta-batch {batch[label]}, {len(seeds)} seeds) | "
                          + " | ".join(cells) + " |")
