@@ -26,8 +26,11 @@ ORDERS = ("continual", "iid")
 
 
 def _runs(suite: Path) -> list[dict[str, Any]]:
-    data = json.loads((suite / "results.json").read_text())
-    return list(data["runs"].values())
+    """The suite's finished runs: from its results.json, or (a suite still running) from the
+    results.json of every run folder that has one."""
+    if (suite / "results.json").is_file():
+        return list(json.loads((suite / "results.json").read_text())["runs"].values())
+    return [json.loads(p.read_text()) for p in sorted(suite.glob("*/results.json"))]
 
 
 def _budget(suite: Path) -> str:
@@ -92,9 +95,9 @@ def main() -> None:
         for suite in args.suites:
             print(suite, wall_time_steps(suite))
         return
-    present = [s for s in args.suites if (s / "results.json").is_file()]
+    present = [s for s in args.suites if _runs(s)]
     for s in sorted(set(args.suites) - set(present)):
-        print(f"memory_table: {s} has no results.json: left out", file=sys.stderr)
+        print(f"memory_table: {s} has no finished run: left out", file=sys.stderr)
     regression = [s for s in present if not is_classification(s)]
     classification = [s for s in present if is_classification(s)]
     parts = []
