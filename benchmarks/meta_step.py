@@ -35,7 +35,7 @@ RULES = {
     # and a layer-scoped weight decay
     "poly": ("poly (4 terms)", {"name": "poly", "terms": {"pre_target": "synapse", "target2_w": "synapse",
                                                           "post": "neuron", "w": "layer"},
-                                "coef_init": {"pre_target": 1.0e-6, "target2_w": -1.0e-6}}, None),  # 1e-4 overflows at 300/900
+                                "coef_init": {"pre_target": 1.0e-6, "target2_w": -1.0e-6}}, None),  # 1e-4: NaN at 900
     # target propagation and the backward-path rules: no FLOP model (GFLOP/s and roofline '-')
     "dtp": ("DTP", {"name": "dtp", "lr_init": 0.2, "inverse_lr_init": 0.2, "alpha_init": 0.1, "sigma_init": 0.1}, None),
     "fa": ("FA", {"name": "fa"}, None),
