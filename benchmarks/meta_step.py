@@ -208,8 +208,8 @@ class Worker:
         )
         # tasks of a meta-batch repeat the same GEMM shapes (batched); truncation is not counted
         self.flop = flop_count(self.gemms, elementwise) * meta["meta_batch"] if opts["rule"] in FLOP_MODEL else None
-        if self.flop is None:  # the matmul column still times the network's forward GEMM shapes
-            self.gemms = [g for g in self.gemms if g[0] == steps and g[1] == opts["batch"]][: len(shapes)]
+        if self.flop is None:  # the matmul column still times the network's inner forward GEMMs
+            self.gemms = [(steps, opts["batch"], i, o) for o, i in shapes]
         self.times: list[float] = []
         self.rates: list[float] = []
 

@@ -276,14 +276,14 @@ def run_suite(
                 _log_run(log, records[spec.key])
     if only or only_seeds:
         # the suite's summary covers every finished run in its folder, not only this call's slice
-        for spec in plan_runs(path, suite, list(overrides or []), out, None, None):
+        everything = plan_runs(path, suite, list(overrides or []), out, None)
+        for spec in everything:
             if spec.key not in records:
                 cfg = load_config(spec.config_path, list(spec.overrides))
                 done = _finished_record(cfg.run_dir / "results.json", cfg.to_dict())
                 if done is not None:
                     records[spec.key] = done
-        records = {spec.key: records[spec.key] for spec in plan_runs(path, suite, list(overrides or []), out, None)
-                   if spec.key in records}  # the suite's own order
+        records = {spec.key: records[spec.key] for spec in everything if spec.key in records}  # the suite's order
     references = {}
     if suite.references and specs:
         # online SGD trains the network of the first run that has one (memory learners have none)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repro_report import fill_page  # noqa: E402
+from repro_report import _records, fill_page  # noqa: E402
 
 ORDERS = ("continual", "iid")
 
@@ -29,7 +29,7 @@ def _runs(suite: Path) -> list[dict[str, Any]]:
     """The suite's finished runs: from its results.json, or (a suite still running) from the
     results.json of every run folder that has one."""
     if (suite / "results.json").is_file():
-        return list(json.loads((suite / "results.json").read_text())["runs"].values())
+        return list(_records([suite]).values())
     return [json.loads(p.read_text()) for p in sorted(suite.glob("*/results.json"))]
 
 

@@ -62,10 +62,22 @@ def cosine(q: Tensor, rows: Tensor) -> Tensor:
     return dot / norms
 
 
-def _flat_index(memory: Tensor, index: Tensor) -> Tensor:
-    """Rows of the flat (T * N, W) memory for per-task slot indices (T, ...)."""
+def _row_offsets(memory: Tensor) -> Tensor:
+    """(T, 1): the first row of each task's slots in the flat (T * N, W) memory."""
     T, N, _ = memory.shape
-    return (index.reshape(T, -1) + N * torch.arange(T, device=index.device).unsqueeze(1)).flatten()
+    return N * torch.arange(T, device=memory.device).unsqueeze(1)
+
+
+def _flat_index(memory: Tensor, index: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """Rows of the flat (T * N, W) memory for per-task slot indices (T, ...)."""
+    offsets = _row_offsets(memory) if offsets is None else offsets
+    return (index.reshape(offsets.shape[0], -1) + offsets).flatten()
+
+
+def attend(rows: Tensor, q: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    """(read vector (T, ..., W), weights (T, ..., K)): softmax of beta * cosine over the K rows."""
+    weights = torch.softmax(beta.unsqueeze(-1) * cosine(q, rows), dim=-1)
+    return (weights.unsqueeze(-1) * rows).sum(-2), weights
 
 
 class _ReadRows(torch.autograd.Function):
@@ -101,15 +113,15 @@ class _WriteAndRead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, memory: Tensor, norms: Tensor, erase: Tensor, written: Tensor, delta: Tensor, key: Tensor,
-                k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                k: int, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         ctx.set_materialize_grads(False)
-        T, N, W = memory.shape
+        W = memory.shape[-1]
         rows = memory.view(-1, W)
         rows.index_fill_(0, erase, 0)
         rows.index_add_(0, written, delta)
         norms.view(-1).index_copy_(0, written, torch.linalg.vector_norm(rows.index_select(0, written), dim=-1))
         index = top_k_slots(memory, norms, key, k)
-        read = _flat_index(memory, index)
+        read = _flat_index(memory, index, offsets)
         ctx.mark_dirty(memory, norms)
         ctx.mark_non_differentiable(norms, index)
         ctx.save_for_backward(erase, written, read)
@@ -125,11 +137,11 @@ class _WriteAndRead(torch.autograd.Function):
                 grad_memory = grad_rows.new_zeros(ctx.shape)
             grad_memory.view(-1, grad_memory.shape[-1]).index_add_(0, read, grad_rows.reshape(-1, grad_rows.shape[-1]))
         if grad_memory is None:
-            return (None,) * 7
+            return (None,) * 8
         rows = grad_memory.view(-1, grad_memory.shape[-1])
         grad_delta = rows.index_select(0, written)
         rows.index_fill_(0, erase, 0)
-        return grad_memory, None, None, None, grad_delta, None, None
+        return grad_memory, None, None, None, grad_delta, None, None, None
 
 
 def write_and_read(memory: Tensor, norms: Tensor, erase: Tensor, written: Tensor, delta: Tensor, key: Tensor,
@@ -137,8 +149,10 @@ def write_and_read(memory: Tensor, norms: Tensor, erase: Tensor, written: Tensor
     """(memory, norms, rows (T, K, W), slot indices (T, K)) after erasing slots ``erase`` (T, E),
     adding delta (T, R, W) at slots ``written`` (T, R) and searching the top-``k`` slots for
     ``key`` (T, W); memory and norms are updated in place."""
-    return _WriteAndRead.apply(memory, norms, _flat_index(memory, erase), _flat_index(memory, written),
-                               delta.reshape(-1, memory.shape[-1]), key.detach(), k)
+    offsets = _row_offsets(memory)  # once per step, shared by the three index sets
+    return _WriteAndRead.apply(memory, norms, _flat_index(memory, erase, offsets),
+                               _flat_index(memory, written, offsets), delta.reshape(-1, memory.shape[-1]),
+                               key.detach(), k, offsets)
 
 
 def read_rows(memory: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -152,7 +166,7 @@ def read_rows(memory: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
 def top_k_slots(memory: Tensor, norms: Tensor, q: Tensor, k: int) -> Tensor:
     """Indices (T, ..., K) of the k slots most similar to each key q (T, ..., W): the exact
     search, one matrix-vector product over the slots (row-major, as M is stored) divided by the
-    slots' norms (T, N), kept up to date by ``slot_norms``, without a graph."""
+    slots' norms (T, N), kept up to date by ``write_and_read``, without a graph."""
     T, _, W = memory.shape
     dots = (memory @ q.reshape(T, -1, W).transpose(1, 2)).transpose(1, 2)  # (T, Q, N)
     return (dots / (norms.unsqueeze(1) + NORM_EPS)).topk(k, dim=-1).indices.reshape(*q.shape[:-1], k)
@@ -163,8 +177,8 @@ def sparse_read(memory: Tensor, norms: Tensor, q: Tensor, beta: Tensor, k: int
     """(memory, read vectors (T, ..., W), slot indices (T, ..., K), read weights (T, ..., K))."""
     index = top_k_slots(memory, norms, q, k)
     memory, rows = read_rows(memory, index)  # (T, ..., K, W)
-    weights = torch.softmax(beta.unsqueeze(-1) * cosine(q, rows), dim=-1)
-    return memory, (weights.unsqueeze(-1) * rows).sum(-2), index, weights
+    read, weights = attend(rows, q, beta)
+    return memory, read, index, weights
 
 
 @dataclass(frozen=True)
@@ -234,8 +248,7 @@ class SparseAccessMemory:
         # then read the top-K slots of the new memory
         memory, norms, rows, read_index = write_and_read(memory, state["norms"], lru, write_index,
                                                          write_weights.unsqueeze(-1) * a.unsqueeze(1), q, self.k)
-        read_weights = torch.softmax(beta.unsqueeze(-1) * cosine(q, rows), dim=-1)
-        read = (read_weights.unsqueeze(-1) * rows).sum(-2)
+        read, read_weights = attend(rows, q, beta)
         # usage: slots accessed above delta were last used now
         touched = torch.cat([read_index, write_index], -1)
         weights = torch.cat([read_weights, write_weights], -1).detach()
