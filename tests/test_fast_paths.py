@@ -67,6 +67,8 @@ def ref_coefficients(rule: dict, meta: dict, layer: int, last: int, out_f: int):
     coef = {k[len("coef."):]: v for k, v in meta.items() if k.startswith("coef.")}
     if rule.get("coef_nonneg", False):
         coef = {k: F.softplus(v) for k, v in coef.items()}
+    if rule.get("coef_max") is not None:
+        coef = {k: rule["coef_max"] * torch.sigmoid(v) for k, v in coef.items()}
     if scope == "synapse":
         p_w = coef[f"{layer}.weight"]
         p_b = coef.get(f"{layer}.bias", torch.zeros(out_f, dtype=p_w.dtype))
@@ -123,7 +125,10 @@ def ref_meta_loss(exp: Experiment, rule: dict, meta: dict) -> torch.Tensor:
             p_w, p_b = ref_coefficients(rule, meta, l, last, net.layers[l].out_features)
             hebb = torch.matmul(t.transpose(-1, -2), hs[l])
             sq = (t ** 2).sum(-2)
-            dw = p_w * (hebb - sq.unsqueeze(-1) * w) if oja else p_w * hebb
+            if rule.get("oja_step") == "semi_implicit":  # W' = W + P (hebb - s W'), solved for W'
+                dw = (w + p_w * hebb) / (1 + p_w * sq.unsqueeze(-1)) - w
+            else:
+                dw = p_w * (hebb - sq.unsqueeze(-1) * w) if oja else p_w * hebb
             new_b = b
             if rule.get("plastic_bias", False):
                 db = t.sum(-2) - sq * b if oja else t.sum(-2)
@@ -198,6 +203,21 @@ def test_forms_scopes_tasks(form, scope, tasks):
 @pytest.mark.parametrize("tasks", [1, 2])
 def test_plastic_bias(form, scope, tasks):
     check_against_reference({"form": form, "scope": scope, "plastic_bias": True}, meta_batch=tasks)
+
+
+SEMI_IMPLICIT = {"form": "oja", "oja_step": "semi_implicit", "coef_max": 0.02, "coef_init": 0.005}
+
+
+@pytest.mark.parametrize("scope", ["synapse", "neuron", "layer", "global"])
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_semi_implicit_oja(scope, tasks):
+    check_against_reference({**SEMI_IMPLICIT, "scope": scope}, meta_batch=tasks)
+
+
+@pytest.mark.parametrize("options", [{"output_target": "signal"}, {"coef_max": None, "coef_nonneg": True},
+                                     {"feedback_hidden": [3], "signal": "target"}])
+def test_semi_implicit_oja_options(options):
+    check_against_reference({**SEMI_IMPLICIT, **options}, plastic=[1, 2, 4], meta_batch=2)
 
 
 @pytest.mark.parametrize("plastic", [[1, 2], [1, 3], [0], [4], [2, 3, 4]])

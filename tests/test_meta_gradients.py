@@ -47,6 +47,12 @@ RULES = {
          "output_target": "bounded_signal", "beta_init": 0.9},
         None,
     ),
+    # Oja's decay taken at the new weights (rule.oja_step: semi_implicit), the output from the raw error
+    "flp_semi_implicit": (
+        {"name": "flp", "form": "oja", "oja_step": "semi_implicit", "coef_max": 0.5, "coef_init": 0.1,
+         "feedback_activation": "tanh", "output_target": "signal", "beta_init": 0.9},
+        None,
+    ),
 }
 GROUPS = {"flp": ["init", "feedback", "coef", "beta"], "sgd": ["init", "lr"]}
 
@@ -123,7 +129,7 @@ def test_meta_gradient_matches_finite_differences(rule_key, order, activation):
     check_directional_derivatives(exp, meta, episodes, GROUPS[exp.rule.name], eps)
 
 
-@pytest.mark.parametrize("rule_key", ["flp_rich", "oml_sgd_global", "flp_bounded"])
+@pytest.mark.parametrize("rule_key", ["flp_rich", "oml_sgd_global", "flp_bounded", "flp_semi_implicit"])
 def test_meta_gradient_constrained_and_global_variants(rule_key):
     exp, meta, episodes = build(rule_key, "continual", "tanh")
     check_directional_derivatives(exp, meta, episodes, GROUPS[exp.rule.name], 1e-6)

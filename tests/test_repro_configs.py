@@ -27,7 +27,7 @@ def test_suite_plans(suite: Path, tmp_path: Path) -> None:
     assert len({r.overrides[-1] for r in runs}) == len(runs)  # every run has its own folder
 
 
-@pytest.mark.parametrize("name", ["flp_oja", "flp_hebb", "oml", "oml_published"])
+@pytest.mark.parametrize("name", ["flp_oja", "flp_hebb", "oml", "oml_published", "flp_oja_semi_implicit"])
 def test_regression_learner_trains(name: str, tmp_path: Path) -> None:
     cfg = load_config(REPRO / f"{name}.yaml", [*SMALL, f"out_dir={tmp_path / name}"])
     trainer = train(cfg, progress=False)

@@ -8,6 +8,8 @@ For every plastic layer l, from one forward pass on the minibatch:
     t_l = beta_l f_l + (1 - beta_l) h_l               target activity
     Hebb: dW_l = m_l P_l * (t_l^T h_{l-1})
     Oja:  dW_l = m_l P_l * (t_l^T h_{l-1} - diag(sum_b t_l^2) W_l)
+          (``oja_step: semi_implicit``: the decay at the new weights, W' = (W + P t^T h) / (1 + P s),
+          stable for every P >= 0; see ``semi_implicit_oja``)
 
 summed over the batch; m_l is the hidden-layer multiplier (1 for the output layer). With
 ``output_target: signal`` the output layer uses t = s directly (classification in the paper);
@@ -38,6 +40,7 @@ from metaplastic.rules.hebbian_update import (
     hebbian_lifetime,
     hebbian_update,
 )
+from metaplastic.rules.semi_implicit_oja import SemiImplicitOja, semi_implicit_oja_update
 
 
 def _inverse_softplus(y: float) -> float:
@@ -53,6 +56,7 @@ class FLPRule:
     groups: ClassVar[tuple[str, ...]] = ("feedback", "coef", "beta")  # meta-parameter groups besides init
     name: str = "flp"
     form: str = "oja"
+    oja_step: str = "explicit"
     scope: str = "synapse"
     signal: str = "error"
     output_target: str = "feedback"
@@ -76,6 +80,16 @@ class FLPRule:
             raise ConfigError(
                 f"rule.output_target must be 'feedback', 'signal' or 'bounded_signal', got '{self.output_target}'"
             )
+        if self.oja_step not in ("explicit", "semi_implicit"):
+            raise ConfigError(f"rule.oja_step must be 'explicit' or 'semi_implicit', got '{self.oja_step}'")
+        if self.semi_implicit:
+            if self.form != "oja":
+                raise ConfigError("rule.oja_step 'semi_implicit' applies to rule.form 'oja' only")
+            if self.coef_max is None and not self.coef_nonneg:
+                raise ConfigError("rule.oja_step 'semi_implicit' needs P >= 0 (1 + P s must stay positive): "
+                                  "set rule.coef_max or rule.coef_nonneg")
+            if self.plastic_bias:
+                raise ConfigError("rule.oja_step 'semi_implicit' does not support rule.plastic_bias yet")
         check_scope(self.scope)
         get_activation(self.feedback_activation)
         if any(w < 1 for w in self.feedback_hidden):
@@ -93,6 +107,10 @@ class FLPRule:
                 raise ConfigError("rule.coef_max and rule.coef_nonneg are two parameterisations of P: choose one")
             if not 0.0 < self.coef_init < self.coef_max:
                 raise ConfigError("rule.coef_init must lie in (0, rule.coef_max) when rule.coef_max is set")
+
+    @property
+    def semi_implicit(self) -> bool:
+        return self.oja_step == "semi_implicit"
 
     def _coef_raw(self) -> float:
         """The stored value of P's initial coefficient under the chosen parameterisation."""
@@ -197,8 +215,11 @@ class FLPRule:
         oja = self.form == "oja"
         new = {}
         for l, t in self.targets(net, prepared, trace, target, loss).items():
-            w = weights[weight_key(l)]
-            new[weight_key(l)] = hebbian_update(w, prepared[f"coef.{l}.weight"], t, trace.inputs[l], oja)
+            w, p = weights[weight_key(l)], prepared[f"coef.{l}.weight"]
+            if self.semi_implicit:
+                new[weight_key(l)] = semi_implicit_oja_update(w, p, t, trace.inputs[l])
+                continue
+            new[weight_key(l)] = hebbian_update(w, p, t, trace.inputs[l], oja)
             if self.plastic_bias:
                 b = weights[bias_key(l)]
                 new[bias_key(l)] = hebbian_bias_update(b, prepared[f"coef.{l}.bias"], t, oja)
@@ -218,7 +239,7 @@ class FLPRule:
         return hebbian_lifetime(
             net, FLPTargets(self, net, loss), select(meta, "init"), self.prepare(net, meta), x, y,
             self.form == "oja", self.plastic_bias, segment=segment, start=start, first_order=first_order,
-            kernels=kernels,
+            kernels=kernels, update=SemiImplicitOja() if self.semi_implicit else None,
         )
 
 
