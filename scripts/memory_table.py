@@ -68,14 +68,27 @@ def classification_rows(suites: list[Path]) -> list[str]:
     return lines
 
 
-def wall_time_steps(suite: Path, reference: str = "FLP") -> dict[str, int]:
+def _seconds_per_step(run: dict[str, Any], first_steps: int | None) -> float:
+    """Mean seconds per meta-step: over the whole run (``train_seconds_total``), or over the logged
+    steps up to ``first_steps`` (its ``metrics.jsonl``), a window in which every learner of the
+    suite ran under the same load."""
+    if first_steps is None:
+        return run["train_seconds_total"] / run["step"]
+    rows = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines() if line]
+    times = [r["seconds"] for r in rows if "seconds" in r and r.get("step", 0) <= first_steps]
+    if not times:
+        raise SystemExit(f"memory_table: {run['run_dir']} logged no step up to {first_steps}")
+    return sum(times) / len(times)
+
+
+def wall_time_steps(suite: Path, reference: str = "FLP", first_steps: int | None = None) -> dict[str, int]:
     """Meta-steps that give each memory learner of ``suite`` the reference learner's wall time:
-    reference steps x (reference s/step) / (learner s/step), seconds per step from the runs'
-    ``train_seconds_total`` (the mean of their logged per-step times)."""
+    reference steps x (reference s/step) / (learner s/step), seconds per step from
+    ``_seconds_per_step``."""
     runs = {r["label"]: r for r in _runs(suite)}
     ref = runs[reference]
-    per_step = ref["train_seconds_total"] / ref["step"]
-    return {label: max(1, round(ref["step"] * per_step / (r["train_seconds_total"] / r["step"])))
+    per_step = _seconds_per_step(ref, first_steps)
+    return {label: max(1, round(ref["step"] * per_step / _seconds_per_step(r, first_steps)))
             for label, r in runs.items() if label not in (reference, "OML")}
 
 
@@ -90,10 +103,13 @@ def main() -> None:
     parser.add_argument("--wall-time-steps", action="store_true",
                         help="print, per suite, the meta-steps that give each memory learner FLP's wall time "
                         "(for the *_walltime suites) and stop")
+    parser.add_argument("--first-steps", type=int, metavar="N",
+                        help="with --wall-time-steps: seconds per step over each run's first N meta-steps only "
+                        "(a window in which all ran under the same load), not the whole run")
     args = parser.parse_args()
     if args.wall_time_steps:
         for suite in args.suites:
-            print(suite, wall_time_steps(suite))
+            print(suite, wall_time_steps(suite, first_steps=args.first_steps))
         return
     present = [s for s in args.suites if _runs(s)]
     for s in sorted(set(args.suites) - set(present)):

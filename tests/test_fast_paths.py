@@ -130,7 +130,9 @@ def ref_meta_loss(exp: Experiment, rule: dict, meta: dict) -> torch.Tensor:
             else:
                 dw = p_w * (hebb - sq.unsqueeze(-1) * w) if oja else p_w * hebb
             new_b = b
-            if rule.get("plastic_bias", False):
+            if rule.get("plastic_bias", False) and rule.get("oja_step") == "semi_implicit":
+                new_b = (b + p_b * t.sum(-2)) / (1 + p_b * sq)
+            elif rule.get("plastic_bias", False):
                 db = t.sum(-2) - sq * b if oja else t.sum(-2)
                 new_b = b + p_b * db
             new[l] = (w + dw, new_b)
@@ -215,7 +217,8 @@ def test_semi_implicit_oja(scope, tasks):
 
 
 @pytest.mark.parametrize("options", [{"output_target": "signal"}, {"coef_max": None, "coef_nonneg": True},
-                                     {"feedback_hidden": [3], "signal": "target"}])
+                                     {"feedback_hidden": [3], "signal": "target"}, {"plastic_bias": True},
+                                     {"plastic_bias": True, "scope": "neuron"}])
 def test_semi_implicit_oja_options(options):
     check_against_reference({**SEMI_IMPLICIT, **options}, plastic=[1, 2, 4], meta_batch=2)
 

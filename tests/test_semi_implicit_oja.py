@@ -75,8 +75,6 @@ def test_stable_where_the_explicit_step_overflows():
         ({"oja_step": "implicit"}, "rule.oja_step must be 'explicit' or 'semi_implicit'"),
         ({"oja_step": "semi_implicit", "form": "hebb", "coef_max": 0.1, "coef_init": 0.01}, "form 'oja' only"),
         ({"oja_step": "semi_implicit"}, "needs P >= 0"),
-        ({"oja_step": "semi_implicit", "coef_max": 0.1, "coef_init": 0.01, "plastic_bias": True},
-         "does not support rule.plastic_bias"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(options, message):

@@ -77,7 +77,7 @@ FLP_CASES = [
     {"form": "hebb"},
     {"form": "oja", "plastic_bias": True},
     {"form": "oja", "scope": "neuron", "plastic_bias": True},
-    {"form": "oja", "oja_step": "semi_implicit", "coef_max": 0.2, "coef_init": 0.05},
+    {"form": "oja", "oja_step": "semi_implicit", "coef_max": 0.2, "coef_init": 0.05, "plastic_bias": True},
 ]
 
 

@@ -40,7 +40,11 @@ from metaplastic.rules.hebbian_update import (
     hebbian_lifetime,
     hebbian_update,
 )
-from metaplastic.rules.semi_implicit_oja import SemiImplicitOja, semi_implicit_oja_update
+from metaplastic.rules.semi_implicit_oja import (
+    SemiImplicitOja,
+    semi_implicit_oja_bias_update,
+    semi_implicit_oja_update,
+)
 
 
 def _inverse_softplus(y: float) -> float:
@@ -88,8 +92,6 @@ class FLPRule:
             if self.coef_max is None and not self.coef_nonneg:
                 raise ConfigError("rule.oja_step 'semi_implicit' needs P >= 0 (1 + P s must stay positive): "
                                   "set rule.coef_max or rule.coef_nonneg")
-            if self.plastic_bias:
-                raise ConfigError("rule.oja_step 'semi_implicit' does not support rule.plastic_bias yet")
         check_scope(self.scope)
         get_activation(self.feedback_activation)
         if any(w < 1 for w in self.feedback_hidden):
@@ -216,13 +218,15 @@ class FLPRule:
         new = {}
         for l, t in self.targets(net, prepared, trace, target, loss).items():
             w, p = weights[weight_key(l)], prepared[f"coef.{l}.weight"]
+            p_b = prepared[f"coef.{l}.bias"] if self.plastic_bias else None
             if self.semi_implicit:
                 new[weight_key(l)] = semi_implicit_oja_update(w, p, t, trace.inputs[l])
+                if p_b is not None:
+                    new[bias_key(l)] = semi_implicit_oja_bias_update(weights[bias_key(l)], p_b, t)
                 continue
             new[weight_key(l)] = hebbian_update(w, p, t, trace.inputs[l], oja)
-            if self.plastic_bias:
-                b = weights[bias_key(l)]
-                new[bias_key(l)] = hebbian_bias_update(b, prepared[f"coef.{l}.bias"], t, oja)
+            if p_b is not None:
+                new[bias_key(l)] = hebbian_bias_update(weights[bias_key(l)], p_b, t, oja)
         return new
 
     # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------

@@ -181,6 +181,17 @@ class PlasticUpdate(Protocol):
         returns dL/dt, dL/dx and dL/dh (None where there is none)."""
         ...
 
+    # Plastic biases (synapses from a constant input of 1), only called with ``plastic_bias``:
+    def bias_forward(self, b: Tensor, p: Tensor, t: Tensor) -> Tensor:
+        """b' of one layer: b (tasks|1, out), p broadcastable to b, t (tasks, B, out)."""
+        ...
+
+    def bias_adjoint(
+        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, first_order: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """From g = dL/db': (dL/dt, the update path's dL/db, dL/dp before summing to p's shape)."""
+        ...
+
 
 @dataclass(frozen=True)
 class HebbOja:
@@ -200,6 +211,23 @@ class HebbOja:
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         grad_t, grad_x = _adjoint_step(g, w, coefs[0], t, x, self.oja, d, scratch, grad_coefs[0], first_order, kernels)
         return grad_t, grad_x, None
+
+    def bias_forward(self, b: Tensor, p: Tensor, t: Tensor) -> Tensor:
+        return hebbian_bias_update(b, p, t, self.oja)
+
+    def bias_adjoint(
+        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, first_order: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        g_hebb = g * p  # dL/d(hebb_b)
+        grad_t = g_hebb.unsqueeze(-2).expand_as(t).clone()
+        hebb_b, g_b = t.sum(-2), g
+        if self.oja:
+            s = (t * t).sum(-2)
+            grad_t.addcmul_(t, (g_hebb * b).unsqueeze(-2), value=-2.0)
+            hebb_b = hebb_b - s * b
+            if not first_order:
+                g_b = g - g_hebb * s
+        return grad_t, g_b, g * hebb_b
 
 
 @dataclass(frozen=True)
@@ -345,7 +373,7 @@ def _run_steps(
             post = _stack([trace.post[l] for l in group])
             state[g] = algebra.forward(state[g], coefs[g], t, h, post, spec.kernels)
         new_bias = {
-            bias_key(l): hebbian_bias_update(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l], spec.oja)
+            bias_key(l): algebra.bias_forward(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l])
             for l in spec.net.plastic_layers
         } if spec.plastic_bias else {}
         for g, group in enumerate(spec.groups):
@@ -440,7 +468,7 @@ class _HebbianLifetime(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grad_out: Tensor | None):  # type: ignore[override]
         spec: _LifetimeSpec = ctx.spec
-        net, oja, groups = spec.net, spec.oja, spec.groups
+        net, groups = spec.net, spec.groups
         n_layers = len(net.layers)
         last = n_layers - 1
         saved = ctx.saved_tensors
@@ -532,19 +560,13 @@ class _HebbianLifetime(torch.autograd.Function):
             # The biases' update path.
             if spec.plastic_bias:
                 for l in plastic:
-                    bk, pk, t, grad_t = bias_key(l), f"coef.{l}.bias", targets[l], grad_targets[l]
-                    g_b, p_b, b = adj_bias[bk], prepared[pk], biases[bk]
-                    g_hebb = g_b * p_b  # dL/d(hebb_b)
-                    grad_t = grad_targets[l] = grad_t + g_hebb.unsqueeze(-2)
-                    hebb_b = t.sum(-2)
-                    if oja:
-                        s_b = (t * t).sum(-2)
-                        grad_t.addcmul_(t, (g_hebb * b).unsqueeze(-2), value=-2.0)
-                        hebb_b = hebb_b - s_b * b
-                        if not spec.first_order:
-                            adj_bias[bk] = g_b - g_hebb * s_b
+                    bk, pk = bias_key(l), f"coef.{l}.bias"
+                    grad_t, adj_bias[bk], grad_p_b = algebra.bias_adjoint(
+                        adj_bias[bk], biases[bk], prepared[pk], targets[l], spec.first_order
+                    )
+                    grad_targets[l] = grad_targets[l] + grad_t
                     if need_p[pk]:
-                        grads[pk] = _add(grads[pk], _sum_to(g_b * hebb_b, p_b.shape))
+                        grads[pk] = _add(grads[pk], _sum_to(grad_p_b, prepared[pk].shape))
 
             # Small part: the rule's target activities, then the network, by hand.
             to_network = bound.backward(trace, y_step, grad_targets)

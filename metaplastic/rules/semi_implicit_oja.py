@@ -24,7 +24,7 @@ Reverse pass of one step (the fused lifetime's ``adjoint``), G = dL/dW', M = T^T
     dL/ds_i = -sum_j D_ij W'_ij       ->  dL/dT += 2 T diag(dL/ds)
     dL/dP = A (M - s W')              summed to P's shape
 
-Plastic biases are not supported by this step yet (``FLPRule`` refuses the combination).
+A plastic bias is a synapse from a constant input of 1: b' = (b + p sum_b t) / (1 + p s).
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ def semi_implicit_oja_update(w: Tensor, p: Tensor, t: Tensor, h: Tensor) -> Tens
     m = torch.matmul(t.transpose(-1, -2), h)
     s = (t * t).sum(-2).unsqueeze(-1)
     return (w + p * m) / (1.0 + p * s)
+
+
+def semi_implicit_oja_bias_update(b: Tensor, p: Tensor, t: Tensor) -> Tensor:
+    """b' = (b + p sum_b t) / (1 + p s): the bias as a synapse from a constant input of 1."""
+    return (b + p * t.sum(-2)) / (1.0 + p * (t * t).sum(-2))
 
 
 @dataclass(frozen=True)
@@ -80,3 +85,17 @@ class SemiImplicitOja:
         if not first_order:
             g.copy_(a)
         return grad_t, grad_x, None
+
+    def bias_forward(self, b: Tensor, p: Tensor, t: Tensor) -> Tensor:
+        return semi_implicit_oja_bias_update(b, p, t)
+
+    def bias_adjoint(
+        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, first_order: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        s, drive = (t * t).sum(-2), t.sum(-2)
+        q = (1.0 + p * s).reciprocal()
+        new = (b + p * drive) * q
+        a = g * q
+        dmat = a * p
+        grad_t = (dmat.unsqueeze(-2) - 2.0 * t * (dmat * new).unsqueeze(-2))
+        return grad_t, g if first_order else a, a * (drive - s * new)
