@@ -30,6 +30,9 @@ import time
 RULES = {
     "flp-oja": ("FLP-Oja", {"name": "flp", "form": "oja"}, None),
     "flp-hebb": ("FLP-Hebb", {"name": "flp", "form": "hebb"}, None),
+    # Oja's decay taken at the new weights (torch algebra, no native kernel): no FLOP model
+    "flp-oja-si": ("FLP-Oja, semi-implicit step", {"name": "flp", "form": "oja", "oja_step": "semi_implicit",
+                                                   "coef_max": 0.01, "coef_init": 1.0e-6}, None),
     "oml": ("OML (layers 6,7)", {"name": "sgd"}, [-3, -2]),  # layers 6, 7 of the 9
     # the 4-term pool of experiments/quick_poly.yaml: Oja's two terms, a neuron-scoped post term
     # and a layer-scoped weight decay
