@@ -217,16 +217,13 @@ class FLPRule:
         oja = self.form == "oja"
         new = {}
         for l, t in self.targets(net, prepared, trace, target, loss).items():
-            w, p = weights[weight_key(l)], prepared[f"coef.{l}.weight"]
-            p_b = prepared[f"coef.{l}.bias"] if self.plastic_bias else None
-            if self.semi_implicit:
-                new[weight_key(l)] = semi_implicit_oja_update(w, p, t, trace.inputs[l])
-                if p_b is not None:
-                    new[bias_key(l)] = semi_implicit_oja_bias_update(weights[bias_key(l)], p_b, t)
-                continue
-            new[weight_key(l)] = hebbian_update(w, p, t, trace.inputs[l], oja)
-            if p_b is not None:
-                new[bias_key(l)] = hebbian_bias_update(weights[bias_key(l)], p_b, t, oja)
+            w, p, h = weights[weight_key(l)], prepared[f"coef.{l}.weight"], trace.inputs[l]
+            new[weight_key(l)] = (semi_implicit_oja_update(w, p, t, h) if self.semi_implicit
+                                  else hebbian_update(w, p, t, h, oja))
+            if self.plastic_bias:
+                b, p_b = weights[bias_key(l)], prepared[f"coef.{l}.bias"]
+                new[bias_key(l)] = (semi_implicit_oja_bias_update(b, p_b, t) if self.semi_implicit
+                                    else hebbian_bias_update(b, p_b, t, oja))
         return new
 
     # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------

@@ -187,9 +187,10 @@ class PlasticUpdate(Protocol):
         ...
 
     def bias_adjoint(
-        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, first_order: bool
+        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, grad_t: Tensor, first_order: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """From g = dL/db': (dL/dt, the update path's dL/db, dL/dp before summing to p's shape)."""
+        """From g = dL/db' and the weights' dL/dt: (dL/dt with the bias path added, the update
+        path's dL/db, dL/dp before summing to p's shape)."""
         ...
 
 
@@ -216,10 +217,10 @@ class HebbOja:
         return hebbian_bias_update(b, p, t, self.oja)
 
     def bias_adjoint(
-        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, first_order: bool
+        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, grad_t: Tensor, first_order: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         g_hebb = g * p  # dL/d(hebb_b)
-        grad_t = g_hebb.unsqueeze(-2).expand_as(t).clone()
+        grad_t = grad_t + g_hebb.unsqueeze(-2)
         hebb_b, g_b = t.sum(-2), g
         if self.oja:
             s = (t * t).sum(-2)
@@ -561,10 +562,9 @@ class _HebbianLifetime(torch.autograd.Function):
             if spec.plastic_bias:
                 for l in plastic:
                     bk, pk = bias_key(l), f"coef.{l}.bias"
-                    grad_t, adj_bias[bk], grad_p_b = algebra.bias_adjoint(
-                        adj_bias[bk], biases[bk], prepared[pk], targets[l], spec.first_order
+                    grad_targets[l], adj_bias[bk], grad_p_b = algebra.bias_adjoint(
+                        adj_bias[bk], biases[bk], prepared[pk], targets[l], grad_targets[l], spec.first_order
                     )
-                    grad_targets[l] = grad_targets[l] + grad_t
                     if need_p[pk]:
                         grads[pk] = _add(grads[pk], _sum_to(grad_p_b, prepared[pk].shape))
 

@@ -75,27 +75,27 @@ class SemiImplicitOja:
         q = torch.mul(p, s).add_(1.0).reciprocal_()
         new = torch.addcmul(w, p, m).mul_(q)  # W' of this step
         a = torch.mul(g, q, out=d)
-        dmat = a * p
-        grad_s = torch.linalg.vecdot(dmat, new).unsqueeze(-1).neg_()  # (L, T, out, 1)
-        if grad_p is not None:
+        if grad_p is not None:  # m is not needed after this
             grad_p.add_(_sum_to(m.addcmul_(s, new, value=-1.0).mul_(a).sum(1, keepdim=True), grad_p.shape))
+        if not first_order:
+            g.copy_(a)
+        dmat = a.mul_(p)  # D, in d's buffer
+        grad_s = torch.linalg.vecdot(dmat, new).unsqueeze(-1).neg_()  # (L, T, out, 1)
         grad_t = torch.matmul(x, dmat.transpose(-1, -2))
         grad_t.addcmul_(t, grad_s.transpose(-1, -2), value=2.0)
         grad_x = None if first_order else torch.matmul(t, dmat)
-        if not first_order:
-            g.copy_(a)
         return grad_t, grad_x, None
 
     def bias_forward(self, b: Tensor, p: Tensor, t: Tensor) -> Tensor:
         return semi_implicit_oja_bias_update(b, p, t)
 
     def bias_adjoint(
-        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, first_order: bool
+        self, g: Tensor, b: Tensor, p: Tensor, t: Tensor, grad_t: Tensor, first_order: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         s, drive = (t * t).sum(-2), t.sum(-2)
         q = (1.0 + p * s).reciprocal()
         new = (b + p * drive) * q
         a = g * q
         dmat = a * p
-        grad_t = (dmat.unsqueeze(-2) - 2.0 * t * (dmat * new).unsqueeze(-2))
+        grad_t = (grad_t + dmat.unsqueeze(-2)).addcmul_(t, (dmat * new).unsqueeze(-2), value=-2.0)
         return grad_t, g if first_order else a, a * (drive - s * new)
