@@ -34,5 +34,9 @@ class CheckpointError(MetaplasticError):
     """A checkpoint that is missing, corrupt or from an incompatible version."""
 
 
+class JobError(MetaplasticError):
+    """A job of a parallel run (a suite's run) whose process ended without a result: killed, out of memory."""
+
+
 class UsageError(MetaplasticError):
     """Command-line arguments that do not parse (an unknown option, a value of the wrong kind)."""

@@ -19,16 +19,14 @@ import json
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from metaplastic.config import load_config
 from metaplastic.config_utils import build_dataclass, read_yaml_mapping
-from metaplastic.errors import ConfigError, DivergenceError, MetaplasticError
-from metaplastic.meta.worker_guard import die_with_parent
+from metaplastic.errors import ConfigError, DivergenceError, JobError, MetaplasticError
+from metaplastic.meta.job_pool import Job, JobOutcome, run_jobs
 
 
 @dataclass(frozen=True)
@@ -264,16 +262,25 @@ def run_suite(
             _log_run(log, records[spec.key])
     else:
         per_job = threads or max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=die_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            futures = {spec.key: pool.submit(run_one, spec, suite.references, False, per_job) for spec in specs}
-            for spec in specs:
-                try:
-                    records[spec.key] = futures[spec.key].result()
-                except MetaplasticError as e:
-                    pool.shutdown(wait=True, cancel_futures=True)  # the runs in flight finish; no new one starts
-                    raise type(e)(f"{spec.key}: {e}") from None
-                _log_run(log, records[spec.key])
+
+        def log_finished(outcome: JobOutcome) -> None:
+            if outcome.ok:
+                _log_run(log, outcome.result)
+
+        outcomes = run_jobs([Job(spec.key, run_one, (spec, suite.references, False, per_job)) for spec in specs],
+                            workers=jobs, on_outcome=log_finished)
+        records = {key: o.result for key, o in outcomes.items() if o.ok}
+        errors = [o for o in outcomes.values() if o.error is not None]
+        if errors:  # the runs in flight finished; no new one started
+            error = errors[0].error
+            if isinstance(error, MetaplasticError):
+                raise type(error)(f"{errors[0].key}: {error}") from None
+            raise error
+        died = [o for o in outcomes.values() if o.died is not None]
+        if died:
+            names = "; ".join(f"{o.key} {o.died}" for o in died)
+            raise JobError(f"{names}; the other runs went on. The same command resumes "
+                           f"{'it' if len(died) == 1 else 'them'} from the last checkpoint")
     if only or only_seeds:
         # the suite's summary covers every finished run in its folder, not only this call's slice
         everything = plan_runs(path, suite, list(overrides or []), out, None)
