@@ -63,6 +63,18 @@ def has_fused_path(rule: Any) -> bool:
     return callable(getattr(rule, "fused_lifetime", None))
 
 
+def has_native_kernels(rule: Any) -> bool:
+    """Whether the rule's fused update algebra has native kernels (``PlasticUpdate.native_kernels``):
+    the semi-implicit Oja step and the polynomial rule's term pools run on torch ops only."""
+    algebra = getattr(rule, "update_algebra", None)
+    return callable(algebra) and bool(getattr(algebra(), "native_kernels", False))
+
+
+def _no_native_kernels(rule_name: str) -> ConfigError:
+    return ConfigError(f"meta.unroll.kernels 'native': rule '{rule_name}' has no native kernels for its update "
+                       "(only FLP's explicit Hebb / Oja step has them): use kernels auto or torch")
+
+
 @dataclass(frozen=True)
 class LifetimePath:
     """The resolved choice: ``fused`` (else step) and, on the fused path, ``native`` kernels."""
@@ -102,6 +114,8 @@ def check_path_config(rule: Any, unroll: Any, device: str, rule_name: str) -> No
                           f"'{rule_name}' runs the step path here: leave it auto")
     if unroll.kernels == "native" and torch.device(device).type != "cpu":
         raise ConfigError(f"meta.unroll.kernels 'native': the native kernels run on the CPU only, device is '{device}'")
+    if unroll.kernels == "native" and runs_fused and not has_native_kernels(rule):
+        raise _no_native_kernels(rule_name)
     if unroll.path == "fused":
         check_support("fused", unroll.mode, unroll.compile, "the fused lifetime")
 
@@ -117,6 +131,10 @@ def choose_path(rule: Any, unroll: Any, device: torch.device, dtype: torch.dtype
         return LifetimePath(False, False, "" if unroll.path == "step" else "the rule has no fused lifetime")
     if unroll.kernels == "torch":
         return LifetimePath(True, False)
+    if not has_native_kernels(rule):
+        if unroll.kernels == "native":
+            raise _no_native_kernels(getattr(rule, "name", type(rule).__name__))
+        return LifetimePath(True, False, "the rule's update has no native kernels")
     if native.disabled_by_environment():
         return LifetimePath(True, False, "METAPLASTIC_NATIVE=0")
     runnable = device.type == "cpu" and native.supports(dtype) and native.library() is not None

@@ -111,6 +111,10 @@ def test_native_refused_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> 
     ({"meta": {"unroll": {"path": "step", "kernels": "native"}}}, "runs the step path here: leave it auto"),
     ({"device": "cuda", "meta": {"unroll": {"kernels": "native"}}}, "native kernels run on the CPU only"),
     ({"meta": {"unroll": {"path": "fused", "compile": True}}}, "compile is not supported for the fused lifetime"),
+    ({"rule": {"name": "poly", "terms": {"pre_target": "synapse"}}, "meta": {"unroll": {"kernels": "native"}}},
+     "meta.unroll.kernels 'native': rule 'poly' has no native kernels for its update"),
+    ({"rule": {"oja_step": "semi_implicit", "coef_max": 0.1}, "meta": {"unroll": {"kernels": "native"}}},
+     "meta.unroll.kernels 'native': rule 'flp' has no native kernels for its update"),
     ({"rule": {"name": "lstm", "hidden": 4}, "network": {"hidden": []}, "meta": {"unroll": {"path": "step"}}},
      "meta.unroll.path has no meaning for memory learner 'lstm'"),
 ])
@@ -118,6 +122,17 @@ def test_choices_the_rule_cannot_take_are_one_line_errors(sections: dict, messag
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         config_from_dict(tiny_config_dict(**sections))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("rule", [{"name": "poly", "terms": {"pre_target": "synapse"}},
+                                  {"oja_step": "semi_implicit", "coef_max": 0.1}])
+def test_the_log_says_torch_kernels_for_an_update_without_native_ones(rule: dict) -> None:
+    exp = Experiment.from_config(config_from_dict(tiny_config_dict(rule=rule)))
+    path = choose_path(exp.rule, UnrollConfig(), torch.device("cpu"), torch.float64)
+    assert path.describe() == "lifetime path fused, kernels torch (the rule's update has no native kernels)"
+    flp = Experiment.from_config(config_from_dict(tiny_config_dict()))
+    native_ok = native.library() is not None
+    assert choose_path(flp.rule, UnrollConfig(), torch.device("cpu"), torch.float64).native == native_ok
 
 
 def test_one_table_of_supported_modes() -> None:

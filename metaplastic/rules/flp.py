@@ -35,6 +35,8 @@ from metaplastic.networks import MLP, Trace, bias_key, get_activation, weight_ke
 from metaplastic.params import prefixed, select
 from metaplastic.rules.coefficients import check_scope, coefficient_shapes, layer_coefficients
 from metaplastic.rules.hebbian_update import (
+    HebbOja,
+    PlasticUpdate,
     activation_vjp,
     hebbian_bias_update,
     hebbian_lifetime,
@@ -240,8 +242,12 @@ class FLPRule:
         return hebbian_lifetime(
             net, FLPTargets(self, net, loss), select(meta, "init"), self.prepare(net, meta), x, y,
             self.form == "oja", self.plastic_bias, segment=segment, start=start, first_order=first_order,
-            kernels=kernels, update=SemiImplicitOja() if self.semi_implicit else None,
+            kernels=kernels, update=self.update_algebra(),
         )
+
+    def update_algebra(self) -> PlasticUpdate:
+        """The fused lifetime's weight-sized algebra for this rule's form and step."""
+        return SemiImplicitOja() if self.semi_implicit else HebbOja(self.form == "oja")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -165,6 +165,8 @@ class PlasticUpdate(Protocol):
     """The weight-sized algebra of a rule's update W' = W + u(W, x, h, t; c), for a group of
     layers stacked on the leading dimension (see ``HebbOja`` and ``term_pool.TermPool``)."""
 
+    native_kernels: ClassVar[bool]  # whether ``kernels=True`` can change anything (the run log says it)
+
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         """The prepared keys of layer ``layer``'s weight coefficients, in ``coefs`` order."""
         ...
@@ -199,6 +201,7 @@ class HebbOja:
     """FLP's Hebb / Oja update with one coefficient ``coef.{l}.weight`` (native kernels)."""
 
     oja: bool
+    native_kernels: ClassVar[bool] = True  # metaplastic.kernels implements its weight-sized passes
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return (f"coef.{layer}.weight",)

@@ -168,6 +168,9 @@ class PolynomialRule:
         """The rule's terms as the fused lifetime's update algebra."""
         return TermPool(tuple((term, POOL_TERMS[term]) for term in self.terms))
 
+    def update_algebra(self) -> TermPool:
+        return self.term_pool()
+
     def fused_lifetime(
         self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, segment: int = 0, start: int = 0,
         first_order: bool = False, kernels: bool = True,

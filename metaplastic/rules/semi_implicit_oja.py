@@ -30,6 +30,7 @@ A plastic bias is a synapse from a constant input of 1: b' = (b + p sum_b t) / (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -55,6 +56,8 @@ class SemiImplicitOja:
     """The semi-implicit Oja step as the fused lifetime's weight-sized algebra (``PlasticUpdate``
     in ``hebbian_update``), one coefficient ``coef.{l}.weight`` per layer; torch ops only (the
     native kernels are the explicit step's)."""
+
+    native_kernels: ClassVar[bool] = False
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return (f"coef.{layer}.weight",)

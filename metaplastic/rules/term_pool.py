@@ -29,6 +29,7 @@ Used by ``PolynomialRule.fused_lifetime`` through ``hebbian_lifetime``'s ``updat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -90,6 +91,7 @@ class TermPool:
     """A pool of terms ``(name, Term)``; layer l's coefficient of term k is ``coef.{name}.{l}``."""
 
     terms: tuple[tuple[str, Term], ...]
+    native_kernels: ClassVar[bool] = False  # torch ops only (issue 13: a native kernel for term pools)
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return tuple(f"coef.{name}.{layer}" for name, _ in self.terms)
