@@ -278,7 +278,7 @@ def run_suite(
             raise error
         died = [o for o in outcomes.values() if o.died is not None]
         if died:
-            names = "; ".join(f"{o.key} {o.died}" for o in died)
+            names = "; ".join(f"{o.key}: {o.died}" for o in died)
             raise JobError(f"{names}; the other runs went on. The same command resumes "
                            f"{'it' if len(died) == 1 else 'them'} from the last checkpoint")
     if only or only_seeds:

@@ -58,3 +58,33 @@ def test_an_error_stops_new_jobs_but_lets_running_ones_finish(tmp_path: Path) ->
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_jobs([], workers=0)
+
+
+def test_a_suite_run_killed_from_outside_ends_only_itself(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+    from test_cli import TINY
+
+    long = {**TINY, "meta": {**TINY["meta"], "steps": 100_000, "checkpoint_every": 50}}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(long))
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(TINY))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s", "references": False,
+                                     "runs": {"long": "long.yaml", "short": "short.yaml"}}))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "metaplastic", "suite", str(suite), "--out", str(out),
+                             "--no-progress", "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lock, deadline = out / "long" / ".lock", time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text().strip() and (out / "long" / "metrics.jsonl").is_file()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the long run never started"
+        time.sleep(0.1)
+    os.kill(int(lock.read_text()), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2  # the CLI's exit code for a MetaplasticError
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: long: killed by signal 9 (SIGKILL); the other runs went on"), err
+    assert "Traceback" not in err
+    assert (out / "short" / "results.json").is_file()  # the sibling finished and kept its results
