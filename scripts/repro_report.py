@@ -12,7 +12,11 @@ the per-seed values), validation MSE at fixed meta-steps, paired differences bet
 (the same seed gives every learner the same training and test episodes), wall times, and copies
 of the suite's curves.png, validation.png and results.json. With ``--analysis``, the
 interference measures of ``metaplastic analyze`` (in ``<run>/analysis/analysis.json``) averaged
-over seeds.
+over seeds (kept in ``<out>/<suite>/analysis_summary.json``).
+
+Runs of one suite may be trained in several sessions or on several machines: when the committed
+``<out>/<suite>/results.json`` has runs that SUITE_DIR lacks, the report keeps them (merged with
+SUITE_DIR's, which win for the same run) and says so; ``--replace`` reports SUITE_DIR alone.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from metaplastic.analysis.runner import summary as analysis_summary
+from metaplastic.evaluation.aggregate import aggregate_runs, merge_runs, write_suite_outputs
 from metaplastic.evaluation.classification import mean_ci95
+from metaplastic.evaluation.report import write_json
 from metaplastic.suite import estimated_train_seconds
 
 ORDERS = ("continual", "iid")
@@ -268,16 +274,27 @@ ANALYSIS_ROWS = [
 ]
 
 
-def analysis_table(suite_dir: Path) -> str:
-    data = json.loads((suite_dir / "results.json").read_text())
-    per_label: dict[str, list[dict[str, Any]]] = {}
-    episodes = set()
-    for record in data["runs"].values():
+def analysis_summaries(suite_dir: Path, committed: Path | None = None) -> dict[str, Any]:
+    """{run key: {"label", "seed", "episodes", "summary"}} of every analysed run: from the run's
+    own ``analysis/analysis.json`` where it is on this machine, else from ``committed`` (the
+    summaries a previous report kept beside the results, for runs trained elsewhere)."""
+    kept = json.loads(committed.read_text()) if committed is not None and committed.is_file() else {}
+    out: dict[str, Any] = {}
+    for key, record in json.loads((suite_dir / "results.json").read_text())["runs"].items():
         path = Path(record["run_dir"]) / "analysis" / "analysis.json"
         if path.is_file():
             results = json.loads(path.read_text())
-            per_label.setdefault(record["label"], []).append(analysis_summary(results))
-            episodes.add(results.get("episodes"))
+            out[key] = {"label": record["label"], "seed": record["seed"], "episodes": results.get("episodes"),
+                        "summary": analysis_summary(results)}
+        elif key in kept:
+            out[key] = kept[key]
+    return out
+
+
+def analysis_table(summaries: dict[str, Any]) -> str:
+    per_label: dict[str, list[dict[str, Any]]] = {}
+    for entry in summaries.values():
+        per_label.setdefault(entry["label"], []).append(entry["summary"])
     if not per_label:
         return ""
     labels = list(per_label)
@@ -515,6 +532,8 @@ def main() -> None:
                         "writes <out>/budget.md (block 'budget')")
     parser.add_argument("--episodes", default="0,2000,4000,8000,12000,16000,20000",
                         help="episode counts of the --budget table (comma-separated)")
+    parser.add_argument("--replace", action="store_true",
+                        help="report only the runs in SUITE_DIR, dropping runs only in the committed results.json")
     args = parser.parse_args()
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
     if args.budget:
@@ -552,18 +571,41 @@ def main() -> None:
     for suite_dir in args.suites:
         target = args.out / suite_dir.name
         target.mkdir(parents=True, exist_ok=True)
-        text = suite_tables(suite_dir, pairs)
+        source = merge_committed(suite_dir, target) if not args.replace else suite_dir
+        text = suite_tables(source, pairs)
         if suite_dir in args.analysis:
-            text += "\n#### Interference (metaplastic analyze)\n\n" + analysis_table(suite_dir)
+            summaries = analysis_summaries(source, target / "analysis_summary.json")
+            write_json(target / "analysis_summary.json", summaries)
+            text += "\n#### Interference (metaplastic analyze)\n\n" + analysis_table(summaries)
         if suite_dir in args.oneshot:
-            text += "\n#### Fixed one-shot episodes on the held-out alphabets\n\n" + oneshot_table(suite_dir)
+            text += "\n#### Fixed one-shot episodes on the held-out alphabets\n\n" + oneshot_table(source)
         (target / "table.md").write_text(text)
         if args.page is not None:
             fill_page(args.page, suite_dir.name, text)
-        for name in ("curves.png", "validation.png", "results.json", "table.txt"):
-            if (suite_dir / name).is_file():
-                shutil.copyfile(suite_dir / name, target / name)
+        if source == suite_dir:
+            for name in ("curves.png", "validation.png", "results.json", "table.txt"):
+                if (suite_dir / name).is_file():
+                    shutil.copyfile(suite_dir / name, target / name)
         print(f"wrote {target / 'table.md'}")
+
+
+def merge_committed(suite_dir: Path, target: Path) -> Path:
+    """The folder to report from: ``suite_dir`` itself, or ``target`` rewritten with the union of
+    the runs in ``suite_dir`` and those only in the committed ``target/results.json`` (seeds
+    trained in an earlier session or on another machine), so a report never drops a run."""
+    if target.resolve() == suite_dir.resolve() or not (target / "results.json").is_file():
+        return suite_dir
+    fresh = json.loads((suite_dir / "results.json").read_text())
+    committed = json.loads((target / "results.json").read_text())
+    only_committed = [key for key in committed["runs"] if key not in fresh["runs"]]
+    if not only_committed:
+        return suite_dir
+    runs = merge_runs(committed["runs"], fresh["runs"])
+    references = fresh["summary"].get("references") or committed["summary"].get("references", {})
+    write_suite_outputs(target, fresh["suite"], runs, aggregate_runs(runs, references), log=lambda *_: None)
+    print(f"kept {len(only_committed)} run(s) of the committed {target / 'results.json'} that "
+          f"{suite_dir} does not have: {', '.join(only_committed)} (--replace drops them)")
+    return target
 
 
 if __name__ == "__main__":

@@ -95,6 +95,23 @@ def aggregate_runs(records: dict[str, dict[str, Any]], references: dict[str, Any
     return {"methods": methods, "references": references}
 
 
+def merge_runs(*record_sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One suite's run records gathered from several folders (runs of one suite trained in
+    different sessions or on different machines): a later set wins for the same run; the
+    result is ordered by learner (first appearance) and seed, so the summary does not depend
+    on which session trained which seed."""
+    merged: dict[str, dict[str, Any]] = {}
+    for records in record_sets:
+        merged.update(records)
+    labels = list(dict.fromkeys(r["label"] for r in merged.values()))
+
+    def order(item: tuple[str, dict[str, Any]]) -> tuple[int, float]:
+        seed = item[1]["seed"]
+        return labels.index(item[1]["label"]), -1.0 if seed is None else float(seed)
+
+    return dict(sorted(merged.items(), key=order))
+
+
 def _fmt(cell: dict[str, Any], digits: int = 3) -> str:
     if cell.get("diverged"):
         return "diverged"
