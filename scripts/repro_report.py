@@ -532,6 +532,7 @@ def main() -> None:
                         "writes <out>/budget.md (block 'budget')")
     parser.add_argument("--episodes", default="0,2000,4000,8000,12000,16000,20000",
                         help="episode counts of the --budget table (comma-separated)")
+    parser.add_argument("--block", help="name of the --width table's file and page block (default 'width')")
     parser.add_argument("--replace", action="store_true",
                         help="report only the runs in SUITE_DIR, dropping runs only in the committed results.json")
     args = parser.parse_args()
@@ -555,11 +556,12 @@ def main() -> None:
         pairs = []  # used up: the suites below get none
     if args.width:
         text = width_table(*args.width)
+        name = args.block or "width"
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "width.md").write_text(text)
+        (args.out / f"{name}.md").write_text(text)
         if args.page is not None:
-            fill_page(args.page, "width", text)
-        print(f"wrote {args.out / 'width.md'}")
+            fill_page(args.page, name, text)
+        print(f"wrote {args.out / name}.md")
     if args.crossed:
         cont, iid = ([Path(d) for d in group.split(",")] for group in args.crossed)
         text = crossed_table(cont, iid, pairs)
