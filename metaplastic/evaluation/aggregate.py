@@ -103,11 +103,11 @@ def merge_runs(*record_sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     merged: dict[str, dict[str, Any]] = {}
     for records in record_sets:
         merged.update(records)
-    labels = list(dict.fromkeys(r["label"] for r in merged.values()))
+    rank = {label: i for i, label in enumerate(dict.fromkeys(r["label"] for r in merged.values()))}
 
     def order(item: tuple[str, dict[str, Any]]) -> tuple[int, float]:
         seed = item[1]["seed"]
-        return labels.index(item[1]["label"]), -1.0 if seed is None else float(seed)
+        return rank[item[1]["label"]], -1.0 if seed is None else float(seed)
 
     return dict(sorted(merged.items(), key=order))
 
