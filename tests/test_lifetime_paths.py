@@ -69,11 +69,11 @@ def test_kernels_torch_keeps_the_native_kernels_out(monkeypatch: pytest.MonkeyPa
     exp = make_experiment({"form": "oja"}, meta_batch=2)
     meta = perturbed_meta(exp)
     used: list[str] = []
-    for name in ("hebbian_forward", "hebbian_adjoint"):
-        kernel = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, _k=kernel, _n=name: used.append(_n) or _k(*a))
+    for name in ("forward", "adjoint"):
+        kernel = getattr(native.HebbianKernels, name)
+        monkeypatch.setattr(native.HebbianKernels, name, lambda *a, _k=kernel, _n=name: used.append(_n) or _k(*a))
     on = loss_and_grads(exp, meta, UnrollConfig(kernels="native"))
-    assert {"hebbian_forward", "hebbian_adjoint"} <= set(used)
+    assert {"forward", "adjoint"} <= set(used)
     assert_identical(on, loss_and_grads(exp, meta, UnrollConfig()))  # auto = native where they apply
     used.clear()
     off = loss_and_grads(exp, meta, UnrollConfig(kernels="torch"))

@@ -89,6 +89,21 @@ def test_layouts_the_kernel_does_not_cover_are_refused() -> None:
 
 
 @needs_library
+def test_bound_kernels_refuse_tensors_of_another_dtype() -> None:
+    """Kernels bound once per lifetime read raw memory: a tensor of another dtype is refused, not read."""
+    f32 = native.bind(torch.float32)
+    assert f32 is not None and native.bind(torch.float16) is None and native.bind(torch.float32, "meta") is None
+    m = rand(L, NT, R, C, dtype=torch.float32, seed=13)
+    w64 = rand(L, NT, R, C, dtype=torch.float64, seed=14)
+    p = rand(L, 1, R, C, dtype=torch.float32, seed=15)
+    before = m.clone()
+    assert not f32.forward(m, w64, p, None)
+    assert not f32.adjoint(m, torch.empty_like(m), None, None, p, w64, None, None)
+    assert torch.equal(m, before)
+    assert f32.forward(m, w64.float(), p, None)
+
+
+@needs_library
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("scope", ["synapse", "neuron"])
 @pytest.mark.parametrize("form", ["oja", "hebb"])
@@ -105,21 +120,21 @@ def test_fused_lifetime_same_with_and_without_kernels(monkeypatch, dtype, scope,
     used: list[str] = []
 
     def spying(name: str):
-        kernel = getattr(native, name)
+        kernel = getattr(native.HebbianKernels, name)
 
-        def spy(*args):
-            done = kernel(*args)
+        def spy(self, *args):
+            done = kernel(self, *args)
             if done:
                 used.append(name)
             return done
 
         return spy
 
-    for name in ("hebbian_forward", "hebbian_adjoint"):
-        monkeypatch.setattr(native, name, spying(name))
+    for name in ("forward", "adjoint"):
+        monkeypatch.setattr(native.HebbianKernels, name, spying(name))
     loss_on, grads_on = run()
     if scope == "synapse":  # the kernels really ran, forward and backward
-        assert {"hebbian_forward", "hebbian_adjoint"} <= set(used)
+        assert {"forward", "adjoint"} <= set(used)
     monkeypatch.setenv("METAPLASTIC_NATIVE", "0")
     loss_off, grads_off = run()
     tol = 1e-5 if dtype == "float32" else 1e-11

@@ -20,6 +20,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,68 +90,101 @@ def _ptr(t: Tensor | None) -> int | None:
 def _block(t: Tensor, shape: tuple[int, int, int, int]) -> int | None:
     """Task stride (0 = shared) if ``t`` is a contiguous (L, T|1, R, C) block, else None."""
     L, NT, R, C = shape
-    if t.dim() != 4 or t.shape[0] != L or t.shape[2:] != (R, C) or not t.is_contiguous():
+    ts = t.shape
+    if len(ts) != 4 or ts[0] != L or ts[2] != R or ts[3] != C or not t.is_contiguous():
         return None
-    if t.shape[1] == NT:
+    if ts[1] == NT:
         return R * C if NT > 1 else 0
-    return 0 if t.shape[1] == 1 else None
+    return 0 if ts[1] == 1 else None
 
 
-def usable(*tensors: Tensor) -> bool:
-    t0 = tensors[0]
-    return (
-        t0.device.type == "cpu"
-        and t0.dtype in _SUFFIX
-        and all(t.device == t0.device and t.dtype == t0.dtype for t in tensors)
-        and library() is not None
-    )
+def _fits(t: Tensor, dtype: torch.dtype) -> bool:
+    """A CPU tensor of the kernels' dtype (what the C code reads and writes raw)."""
+    return t.dtype is dtype and t.is_cpu
+
+
+@dataclass(frozen=True)
+class HebbianKernels:
+    """The kernels for one dtype, resolved once (library, ``METAPLASTIC_NATIVE``, thread count)
+    so that a call checks only the layout of its tensors: a lifetime binds them once instead of
+    looking them up at every step (at small widths the lookups cost more than the pass)."""
+
+    dtype: torch.dtype
+    forward_fn: Callable[..., None]
+    adjoint_fn: Callable[..., None]
+    threads: int
+
+    def forward(self, m: Tensor, w: Tensor, p: Tensor, s: Tensor | None) -> bool:
+        """In place: m <- w + p * (m - s w) (or w + p * m without s). m (L, T, R, C) contiguous,
+        w (L, T|1, R, C), p (L, 1, R, C), s (L, T, R, 1). Returns False (nothing done) when the
+        layout does not fit the kernel."""
+        dt = self.dtype
+        shape = tuple(m.shape)
+        if len(shape) != 4 or not m.is_contiguous() or not (_fits(m, dt) and _fits(w, dt) and _fits(p, dt)):
+            return False
+        ws, ps = _block(w, shape), _block(p, shape)
+        if ws is None or ps is None or (p.shape[1] != 1 and shape[1] > 1):
+            return False
+        if s is not None:
+            s = s.contiguous()
+            if not _fits(s, dt) or s.numel() != shape[0] * shape[1] * shape[2]:
+                return False
+        self.forward_fn(m.data_ptr(), w.data_ptr(), p.data_ptr(), _ptr(s), *shape, ws, ps, self.threads)
+        return True
+
+    def adjoint(
+        self, g: Tensor, d: Tensor, ds: Tensor | None, gp: Tensor | None, p: Tensor, w: Tensor, m: Tensor | None,
+        s: Tensor | None,
+    ) -> bool:
+        """One reverse step, in place (see ``hebbian_cpu.c``): d = g p; ds = rowsum(d w) (Oja);
+        gp += sum over tasks of g (m - s w) (when gp is given); g -= s d (Oja). g, d, m (L, T, R, C)
+        contiguous; w (L, T|1, R, C); p, gp (L, 1, R, C); s, ds (L, T, R, 1) or None (Hebb)."""
+        dt = self.dtype
+        shape = tuple(g.shape)
+        if len(shape) != 4 or not (g.is_contiguous() and d.is_contiguous() and tuple(d.shape) == shape):
+            return False
+        if (s is None) != (ds is None) or not all(_fits(t, dt) for t in (g, d, p, w, ds, gp, m, s) if t is not None):
+            return False
+        ws = _block(w, shape)
+        if ws is None or _block(p, shape) != 0 or p.shape[1] != 1:
+            return False
+        if gp is not None and (gp.shape != p.shape or not gp.is_contiguous()):
+            return False
+        if m is not None and (tuple(m.shape) != shape or not m.is_contiguous()):
+            return False
+        if s is not None:
+            s = s.contiguous()
+            rows = shape[0] * shape[1] * shape[2]
+            if not ds.is_contiguous() or s.numel() != rows or ds.numel() != rows:
+                return False
+        self.adjoint_fn(g.data_ptr(), d.data_ptr(), _ptr(ds), _ptr(gp), p.data_ptr(), w.data_ptr(), _ptr(m),
+                        _ptr(s), *shape, ws, self.threads)
+        return True
+
+
+def bind(dtype: torch.dtype, device: torch.device | str = "cpu") -> HebbianKernels | None:
+    """The kernels for ``dtype`` on ``device``, or None where they cannot run (not the CPU, a
+    dtype they lack, no compiler, ``METAPLASTIC_NATIVE=0``)."""
+    if torch.device(device).type != "cpu" or dtype not in _SUFFIX:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    suffix = _SUFFIX[dtype]
+    return HebbianKernels(dtype, getattr(lib, f"hebbian_forward_{suffix}"), getattr(lib, f"hebbian_adjoint_{suffix}"),
+                          torch.get_num_threads())
 
 
 def hebbian_forward(m: Tensor, w: Tensor, p: Tensor, s: Tensor | None) -> bool:
-    """In place: m <- w + p * (m - s w) (or w + p * m without s). m (L, T, R, C) contiguous, w
-    (L, T|1, R, C), p (L, 1, R, C), s (L, T, R, 1). Returns False (nothing done) when the
-    layout does not fit the kernel."""
-    shape = tuple(m.shape)
-    if len(shape) != 4 or not m.is_contiguous() or not usable(m, w, p):
-        return False
-    ws, ps = _block(w, shape), _block(p, shape)
-    if ws is None or ps is None or (p.shape[1] != 1 and shape[1] > 1):
-        return False
-    if s is not None:
-        s = s.contiguous()
-        if s.numel() != shape[0] * shape[1] * shape[2]:
-            return False
-    fn = getattr(library(), f"hebbian_forward_{_SUFFIX[m.dtype]}")
-    fn(_ptr(m), _ptr(w), _ptr(p), _ptr(s), *shape, ws, ps, torch.get_num_threads())
-    return True
+    """``HebbianKernels.forward`` for one call (binds the kernels first: a lifetime binds once)."""
+    kernels = bind(m.dtype, m.device)
+    return kernels is not None and kernels.forward(m, w, p, s)
 
 
 def hebbian_adjoint(
     g: Tensor, d: Tensor, ds: Tensor | None, gp: Tensor | None, p: Tensor, w: Tensor, m: Tensor | None,
     s: Tensor | None,
 ) -> bool:
-    """One reverse step, in place (see ``hebbian_cpu.c``): d = g p; ds = rowsum(d w) (Oja);
-    gp += sum over tasks of g (m - s w) (when gp is given); g -= s d (Oja). g, d, m (L, T, R, C)
-    contiguous; w (L, T|1, R, C); p, gp (L, 1, R, C); s, ds (L, T, R, 1) or None (Hebb)."""
-    shape = tuple(g.shape)
-    if len(shape) != 4 or not (g.is_contiguous() and d.is_contiguous() and d.shape == g.shape):
-        return False
-    tensors = [t for t in (g, d, ds, gp, p, w, m, s) if t is not None]
-    if not usable(*tensors):
-        return False
-    ws = _block(w, shape)
-    if ws is None or _block(p, shape) != 0 or p.shape[1] != 1:
-        return False
-    if gp is not None and (gp.shape != p.shape or not gp.is_contiguous()):
-        return False
-    if m is not None and (m.shape != g.shape or not m.is_contiguous()):
-        return False
-    if (s is None) != (ds is None):
-        return False
-    if s is not None:
-        s = s.contiguous()
-        if not ds.is_contiguous() or s.numel() != ds.numel() or ds.numel() != shape[0] * shape[1] * shape[2]:
-            return False
-    fn = getattr(library(), f"hebbian_adjoint_{_SUFFIX[g.dtype]}")
-    fn(_ptr(g), _ptr(d), _ptr(ds), _ptr(gp), _ptr(p), _ptr(w), _ptr(m), _ptr(s), *shape, ws, torch.get_num_threads())
-    return True
+    """``HebbianKernels.adjoint`` for one call (binds the kernels first: a lifetime binds once)."""
+    kernels = bind(g.dtype, g.device)
+    return kernels is not None and kernels.adjoint(g, d, ds, gp, p, w, m, s)

@@ -64,12 +64,14 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad
 
 
-def _hebbian_forward(w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool, kernels: bool = True) -> Tensor:
+def _hebbian_forward(
+    w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool, kernels: native.HebbianKernels | None = None
+) -> Tensor:
     """The new weights, computed into one fresh buffer (no graph); ``kernels``: the native
-    kernel may do the elementwise pass where it applies."""
+    kernels that may do the elementwise pass where it applies (None: torch ops)."""
     m = torch.matmul(t.transpose(-1, -2), h)
     s = (t * t).sum(-2).unsqueeze(-1) if oja else None
-    if kernels and native.hebbian_forward(m, w, p, s):
+    if kernels is not None and kernels.forward(m, w, p, s):
         return m
     if s is not None:
         m.addcmul_(s, w, value=-1.0)
@@ -81,7 +83,7 @@ class _HebbianUpdate(torch.autograd.Function):
     def forward(ctx, w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool) -> Tensor:  # type: ignore[override]
         ctx.oja = oja
         ctx.save_for_backward(w, p, t, h)
-        return _hebbian_forward(w, p, t, h, oja)
+        return _hebbian_forward(w, p, t, h, oja, native.bind(w.dtype, w.device))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -165,19 +167,22 @@ class PlasticUpdate(Protocol):
     """The weight-sized algebra of a rule's update W' = W + u(W, x, h, t; c), for a group of
     layers stacked on the leading dimension (see ``HebbOja`` and ``term_pool.TermPool``)."""
 
-    native_kernels: ClassVar[bool]  # whether ``kernels=True`` can change anything (the run log says it)
+    native_kernels: ClassVar[bool]  # whether passing ``kernels`` can change anything (the run log says it)
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         """The prepared keys of layer ``layer``'s weight coefficients, in ``coefs`` order."""
         ...
 
-    def forward(self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: bool) -> Tensor:
-        """W' as a fresh buffer, no graph (x: presynaptic, h: postsynaptic, t: target activity)."""
+    def forward(
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: native.HebbianKernels | None
+    ) -> Tensor:
+        """W' as a fresh buffer, no graph (x: presynaptic, h: postsynaptic, t: target activity);
+        ``kernels``: the native kernels bound for this lifetime, or None (torch ops)."""
         ...
 
     def adjoint(
         self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
-        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: bool,
+        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: native.HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """In place: ``g`` from dL/dW' to the update path's dL/dW, dL/dc added to ``grad_coefs``;
         returns dL/dt, dL/dx and dL/dh (None where there is none)."""
@@ -206,12 +211,14 @@ class HebbOja:
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return (f"coef.{layer}.weight",)
 
-    def forward(self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: bool) -> Tensor:
+    def forward(
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: native.HebbianKernels | None
+    ) -> Tensor:
         return _hebbian_forward(w, coefs[0], t, x, self.oja, kernels)
 
     def adjoint(
         self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
-        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: bool,
+        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: native.HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         grad_t, grad_x = _adjoint_step(g, w, coefs[0], t, x, self.oja, d, scratch, grad_coefs[0], first_order, kernels)
         return grad_t, grad_x, None
@@ -246,7 +253,7 @@ class _LifetimeSpec:
     segment: int = 0  # > 0: keep the state every `segment` steps, recompute the rest backward
     start: int = 0  # the first step the meta-gradient goes through (truncation)
     first_order: bool = False  # updates taken at detached weights: W' = W + u(stopgrad W)
-    kernels: bool = True  # the native kernels may run the weight-sized passes (meta.unroll.kernels)
+    kernels: native.HebbianKernels | None = None  # bound once per lifetime (meta.unroll.kernels); None: torch
     update: PlasticUpdate | None = None  # the weights' update algebra (None: HebbOja(oja))
 
     @property
@@ -283,12 +290,12 @@ def _stack(tensors: list[Tensor]) -> Tensor:
 
 def _native_adjoint_step(
     g: Tensor, w: Tensor, p: Tensor, t: Tensor, h: Tensor, oja: bool, d: Tensor, scratch: Tensor | None,
-    grad_p: Tensor | None,
+    grad_p: Tensor | None, kernels: native.HebbianKernels,
 ) -> tuple[bool, Tensor | None]:
     """``_adjoint_step``'s weight-sized passes as one native pass (see metaplastic.kernels)."""
     if grad_p is not None and grad_p.shape[-2:] != g.shape[-2:]:
         return False, None  # coefficients broadcast over synapses: the torch path sums them
-    if not native.usable(g):
+    if g.dtype is not kernels.dtype:
         return False, None
     s = (t * t).sum(-2).unsqueeze(-1) if oja else None
     d_s = g.new_empty(g.shape[:-1] + (1,)) if oja else None
@@ -296,7 +303,7 @@ def _native_adjoint_step(
     if grad_p is not None:
         assert scratch is not None
         m = torch.matmul(t.transpose(-1, -2), h, out=scratch)
-    return native.hebbian_adjoint(g, d, d_s, grad_p, p, w, m, s), d_s
+    return kernels.adjoint(g, d, d_s, grad_p, p, w, m, s), d_s
 
 
 def _adjoint_step(
@@ -310,7 +317,7 @@ def _adjoint_step(
     scratch: Tensor | None,
     grad_p: Tensor | None,
     first_order: bool = False,
-    kernels: bool = True,
+    kernels: native.HebbianKernels | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Backward of W' = update(W, P, T, H) for a group of layers (leading dimension), in place.
 
@@ -319,10 +326,12 @@ def _adjoint_step(
     None when P needs none) gets dL/dP added. ``d`` and ``scratch`` (needed for Oja or dL/dP)
     are buffers of g's shape. Returns dL/dT and dL/dH. ``first_order``: W inside the update is
     a constant, so ``g`` passes through unchanged (identity path only), and the activities are
-    constants too (dL/dH is None). ``kernels``: the native kernel may do the weight-sized passes.
+    constants too (dL/dH is None). ``kernels``: the native kernels that may do the weight-sized
+    passes (None: torch ops).
     """
-    native_ok = kernels and not first_order
-    done, d_s = _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p) if native_ok else (False, None)
+    done, d_s = (False, None)
+    if kernels is not None and not first_order:
+        done, d_s = _native_adjoint_step(g, w, p, t, h, oja, d, scratch, grad_p, kernels)
     if done:
         grad_t = torch.matmul(h, d.transpose(-1, -2))
         if d_s is not None:
@@ -657,9 +666,12 @@ def hebbian_lifetime(
     ``x`` (T, S, B, n_in), ``y`` (T, S, B, n_out), S >= 1, neither requiring grad. Gradients
     flow to ``weights`` (the initial ones) and ``prepared``.
     """
-    groups = _groups(net, weights, prepared, update if update is not None else HebbOja(oja))
+    algebra = update if update is not None else HebbOja(oja)
+    groups = _groups(net, weights, prepared, algebra)
+    first = next(iter(weights.values()))
+    bound = native.bind(first.dtype, first.device) if kernels and algebra.native_kernels else None
     spec = _LifetimeSpec(
-        net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order, kernels,
+        net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order, bound,
         update,
     )
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())

@@ -35,6 +35,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from metaplastic.kernels.native import HebbianKernels
 from metaplastic.rules.term_pool import _sum_to
 
 
@@ -62,7 +63,9 @@ class SemiImplicitOja:
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return (f"coef.{layer}.weight",)
 
-    def forward(self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: bool) -> Tensor:
+    def forward(
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: HebbianKernels | None
+    ) -> Tensor:
         p = coefs[0]
         m = torch.matmul(t.transpose(-1, -2), x)  # a fresh (L, T, out, in) buffer: updated in place
         s = (t * t).sum(-2).unsqueeze(-1)
@@ -70,7 +73,7 @@ class SemiImplicitOja:
 
     def adjoint(
         self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
-        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: bool,
+        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         p, grad_p = coefs[0], grad_coefs[0]
         s = (t * t).sum(-2).unsqueeze(-1)  # (L, T, out, 1)

@@ -34,6 +34,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from metaplastic.kernels.native import HebbianKernels
+
 POST_FEATURES = ("h", "t", "e", "h2", "t2")
 PRE_FEATURES = ("x", "x2")
 KINDS = ("outer", "rows", "cols", "const")
@@ -101,7 +103,9 @@ class TermPool:
         return {term.feature for _, term in self.terms if term.feature is not None}
 
     # ---- forward --------------------------------------------------------------------------
-    def forward(self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: bool) -> Tensor:
+    def forward(
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: HebbianKernels | None
+    ) -> Tensor:
         """W' for a group of layers: w (L, 1|T, out, in), coefs (L, 1, out|1, in|1), activities
         (L, T, B, width); a fresh (L, T, out, in) buffer, no graph."""
         f = _features(self._names, t, x, h)
@@ -133,7 +137,7 @@ class TermPool:
     # ---- reverse --------------------------------------------------------------------------
     def adjoint(
         self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
-        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: bool,
+        scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Backward of ``forward``, in place: ``g`` holds dL/dW' on entry and the update path's
         part of dL/dW on exit (unchanged under ``first_order``: W inside the update is a
