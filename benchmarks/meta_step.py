@@ -288,8 +288,11 @@ def phase_breakdown(w: Worker) -> dict:
 
     from metaplastic.kernels import native
 
-    originals = {name: getattr(native, name) for name in ("hebbian_forward", "hebbian_adjoint")
-                 if hasattr(native, name)}
+    # the kernels a lifetime binds once (native.HebbianKernels); older checkouts: module functions
+    owner = getattr(native, "HebbianKernels", native)
+    names = {"forward": "hebbian_forward", "adjoint": "hebbian_adjoint"} if owner is not native else \
+        {"hebbian_forward": "hebbian_forward", "hebbian_adjoint": "hebbian_adjoint"}
+    originals = {attr: getattr(owner, attr) for attr in names if hasattr(owner, attr)}
 
     def timed(name, fn):
         def call(*args, **kwargs):
@@ -297,16 +300,16 @@ def phase_breakdown(w: Worker) -> dict:
                 return fn(*args, **kwargs)
         return call
 
-    for name, fn in originals.items():
-        setattr(native, name, timed(name, fn))
+    for attr, fn in originals.items():
+        setattr(owner, attr, timed(names[attr], fn))
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
             w.step(timed=False)
             wall = time.perf_counter() - start
     finally:
-        for name, fn in originals.items():
-            setattr(native, name, fn)
+        for attr, fn in originals.items():
+            setattr(owner, attr, fn)
     table = {phase: dict.fromkeys(KINDS, 0.0) for phase in PHASES}
     for event in prof.events():
         if event.name.startswith(("aten::", "native::")) and event.device_type == torch.autograd.DeviceType.CPU:

@@ -320,7 +320,7 @@ class _BoundFLP:
             self._accumulate("beta", (g * (f - h)).sum((0, 1)))
         g_post = self.one_minus_beta * g
         grad_post = {l: g_post[..., a:b] for l, (a, b) in zip(self.fed, self.bounds)}
-        g_z = activation_vjp(self.act, self.beta * g, z)
+        g_z = activation_vjp(self.act, self.beta * g, z, f)
         g_z2 = g_z.reshape(-1, g_z.shape[-1])
         if any(f"feedback.{l}.0.weight" in self.wanted for l in self.fed):
             self._accumulate("weight", g_z2.t() @ signal.reshape(-1, signal.shape[-1]))

@@ -150,12 +150,15 @@ class TargetModel(Protocol):
         ...
 
 
-def activation_vjp(name: str, grad: Tensor, pre: Tensor) -> Tensor:
-    """dL/da from dL/dphi(a) for a named activation, given the pre-activation a."""
+def activation_vjp(name: str, grad: Tensor, pre: Tensor, post: Tensor | None = None) -> Tensor:
+    """dL/da from dL/dphi(a) for a named activation, given the pre-activation a (and, where it
+    saves recomputing phi, the output phi(a): tanh' = 1 - phi^2)."""
     if name == "relu":
         return torch.ops.aten.threshold_backward(grad, pre, 0)
     if name == "identity":
         return grad
+    if name == "tanh" and post is not None:
+        return torch.ops.aten.tanh_backward(grad, post)
     return grad * get_activation(name).derivative(pre)
 
 
@@ -537,6 +540,11 @@ class _HebbianLifetime(torch.autograd.Function):
             default=n_layers,
         )
 
+        # Loop invariants: each group's scratch views and each plastic layer's view of its adjoint
+        # (both updated in place), the activations.
+        scratch = [(buf_d[:a.numel()].view(a.shape), buf_m[:a.numel()].view(a.shape)) for a in adj]
+        adj_of = {l: adj[g][j] for l, (g, j) in where.items()}
+        activation_fns = [get_activation(a).fn for a in acts]
         records = _Records(spec, init, prepared, x, y, per_step, ctx.n_steps)
         for step in range(ctx.n_steps - 1, spec.start - 1, -1):
             state_in, biases, pre = records.pop(step)
@@ -546,7 +554,7 @@ class _HebbianLifetime(torch.autograd.Function):
             for g, group in enumerate(groups):
                 for j, l in enumerate(group):
                     weights[weight_key(l)] = state[g][j] if step else init[weight_key(l)]
-            post = [get_activation(acts[l]).fn(pre[l]) for l in range(n_layers)]
+            post = [activation_fns[l](pre[l]) for l in range(n_layers)]
             trace = Trace(post[-1], [x[:, step], *post[:-1]], list(pre), post)
             y_step = y[:, step]
             targets = bound.targets(trace, y_step)
@@ -558,11 +566,9 @@ class _HebbianLifetime(torch.autograd.Function):
                 t = _stack([targets[l] for l in group])
                 h = _stack([trace.inputs[l] for l in group])
                 h_post = _stack([trace.post[l] for l in group])
-                size = adj[g].numel()
                 grad_t, grad_h, grad_h_post = algebra.adjoint(
-                    adj[g], state[g], coefs[g], t, h, h_post,
-                    buf_d[:size].view(adj[g].shape), buf_m[:size].view(adj[g].shape), grad_coefs[g],
-                    spec.first_order, spec.kernels,
+                    adj[g], state[g], coefs[g], t, h, h_post, *scratch[g], grad_coefs[g], spec.first_order,
+                    spec.kernels,
                 )
                 for j, l in enumerate(group):
                     grad_targets[l] = grad_t[j]
@@ -597,8 +603,7 @@ class _HebbianLifetime(torch.autograd.Function):
                 elif need_w[bk]:
                     grads[bk] = _add(grads[bk], delta.sum((0, 1)))
                 if l in plastic_set:
-                    gi, j = where[l]
-                    adj[gi][j].baddbmm_(delta.transpose(-1, -2), h)
+                    adj_of[l].baddbmm_(delta.transpose(-1, -2), h)
                 elif need_w[wk]:
                     grads[wk].addmm_(delta.reshape(-1, delta.shape[-1]).t(), h.reshape(-1, h.shape[-1]))
                 if l > lowest:
