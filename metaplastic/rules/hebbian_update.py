@@ -166,25 +166,34 @@ def _add(a: Tensor | None, b: Tensor) -> Tensor:
     return b if a is None else a + b
 
 
+def _backprop(acc: Tensor | None, delta: Tensor, w: Tensor) -> Tensor:
+    """acc + delta W (dL/d input of a layer), one batched GEMM where the shapes allow."""
+    if acc is not None and w.dim() == 3 and delta.dim() == 3 and w.shape[0] == delta.shape[0]:
+        return torch.baddbmm(acc, delta, w)
+    return _add(acc, torch.matmul(delta, w))
+
+
 class PlasticUpdate(Protocol):
     """The weight-sized algebra of a rule's update W' = W + u(W, x, h, t; c), for a group of
     layers stacked on the leading dimension (see ``HebbOja`` and ``term_pool.TermPool``)."""
 
     native_kernels: ClassVar[bool]  # whether passing ``kernels`` can change anything (the run log says it)
+    reads_post: ClassVar[bool]  # whether it reads the postsynaptic activity ``h`` (else the lifetime passes None)
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         """The prepared keys of layer ``layer``'s weight coefficients, in ``coefs`` order."""
         ...
 
     def forward(
-        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: native.HebbianKernels | None
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None,
+        kernels: native.HebbianKernels | None,
     ) -> Tensor:
         """W' as a fresh buffer, no graph (x: presynaptic, h: postsynaptic, t: target activity);
         ``kernels``: the native kernels bound for this lifetime, or None (torch ops)."""
         ...
 
     def adjoint(
-        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
+        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None, d: Tensor,
         scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: native.HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """In place: ``g`` from dL/dW' to the update path's dL/dW, dL/dc added to ``grad_coefs``;
@@ -210,17 +219,19 @@ class HebbOja:
 
     oja: bool
     native_kernels: ClassVar[bool] = True  # metaplastic.kernels implements its weight-sized passes
+    reads_post: ClassVar[bool] = False
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return (f"coef.{layer}.weight",)
 
     def forward(
-        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: native.HebbianKernels | None
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None,
+        kernels: native.HebbianKernels | None,
     ) -> Tensor:
         return _hebbian_forward(w, coefs[0], t, x, self.oja, kernels)
 
     def adjoint(
-        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
+        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None, d: Tensor,
         scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: native.HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         grad_t, grad_x = _adjoint_step(g, w, coefs[0], t, x, self.oja, d, scratch, grad_coefs[0], first_order, kernels)
@@ -386,7 +397,7 @@ def _run_steps(
         for g, group in enumerate(spec.groups):
             t = _stack([targets[l] for l in group])
             h = _stack([trace.inputs[l] for l in group])
-            post = _stack([trace.post[l] for l in group])
+            post = _stack([trace.post[l] for l in group]) if algebra.reads_post else None
             state[g] = algebra.forward(state[g], coefs[g], t, h, post, spec.kernels)
         new_bias = {
             bias_key(l): algebra.bias_forward(weights[bias_key(l)], prepared[f"coef.{l}.bias"], targets[l])
@@ -545,6 +556,9 @@ class _HebbianLifetime(torch.autograd.Function):
         scratch = [(buf_d[:a.numel()].view(a.shape), buf_m[:a.numel()].view(a.shape)) for a in adj]
         adj_of = {l: adj[g][j] for l, (g, j) in where.items()}
         activation_fns = [get_activation(a).fn for a in acts]
+        weight_keys = [weight_key(l) for l in range(n_layers)]
+        bias_keys_all = [bias_key(l) for l in range(n_layers)]
+        delta_sums: dict[int, Tensor] = {}  # per frozen bias: its deltas summed over steps
         records = _Records(spec, init, prepared, x, y, per_step, ctx.n_steps)
         for step in range(ctx.n_steps - 1, spec.start - 1, -1):
             state_in, biases, pre = records.pop(step)
@@ -553,7 +567,7 @@ class _HebbianLifetime(torch.autograd.Function):
             weights.update(biases)
             for g, group in enumerate(groups):
                 for j, l in enumerate(group):
-                    weights[weight_key(l)] = state[g][j] if step else init[weight_key(l)]
+                    weights[weight_keys[l]] = state[g][j] if step else init[weight_keys[l]]
             post = [activation_fns[l](pre[l]) for l in range(n_layers)]
             trace = Trace(post[-1], [x[:, step], *post[:-1]], list(pre), post)
             y_step = y[:, step]
@@ -565,7 +579,7 @@ class _HebbianLifetime(torch.autograd.Function):
             for g, group in enumerate(groups):
                 t = _stack([targets[l] for l in group])
                 h = _stack([trace.inputs[l] for l in group])
-                h_post = _stack([trace.post[l] for l in group])
+                h_post = _stack([trace.post[l] for l in group]) if algebra.reads_post else None
                 grad_t, grad_h, grad_h_post = algebra.adjoint(
                     adj[g], state[g], coefs[g], t, h, h_post, *scratch[g], grad_coefs[g], spec.first_order,
                     spec.kernels,
@@ -597,17 +611,23 @@ class _HebbianLifetime(torch.autograd.Function):
                 if g is None:
                     continue
                 delta = activation_vjp(acts[l], g, pre[l])
-                wk, bk, h = weight_key(l), bias_key(l), trace.inputs[l]
+                wk, bk, h = weight_keys[l], bias_keys_all[l], trace.inputs[l]
                 if bk in adj_bias:
                     adj_bias[bk] = adj_bias[bk] + delta.sum(-2)
-                elif need_w[bk]:
-                    grads[bk] = _add(grads[bk], delta.sum((0, 1)))
+                elif need_w[bk]:  # summed over the batch once, after the loop
+                    if l in delta_sums:
+                        delta_sums[l].add_(delta)
+                    else:
+                        delta_sums[l] = delta.clone()
                 if l in plastic_set:
                     adj_of[l].baddbmm_(delta.transpose(-1, -2), h)
                 elif need_w[wk]:
                     grads[wk].addmm_(delta.reshape(-1, delta.shape[-1]).t(), h.reshape(-1, h.shape[-1]))
                 if l > lowest:
-                    grad_post[l - 1] = _add(grad_post.get(l - 1), torch.matmul(delta, weights[wk]))
+                    grad_post[l - 1] = _backprop(grad_post.get(l - 1), delta, weights[wk])
+
+        for l, total in delta_sums.items():  # the frozen biases: sum over steps and batch
+            grads[bias_key(l)] = _add(grads[bias_key(l)], total.sum((0, 1)))
 
         grads.update(bound.grads())
         truncated = spec.start > 0  # the state before the window is a constant: no gradient

@@ -59,12 +59,13 @@ class SemiImplicitOja:
     native kernels are the explicit step's)."""
 
     native_kernels: ClassVar[bool] = False
+    reads_post: ClassVar[bool] = False
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return (f"coef.{layer}.weight",)
 
     def forward(
-        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: HebbianKernels | None
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None, kernels: HebbianKernels | None
     ) -> Tensor:
         p = coefs[0]
         m = torch.matmul(t.transpose(-1, -2), x)  # a fresh (L, T, out, in) buffer: updated in place
@@ -72,7 +73,7 @@ class SemiImplicitOja:
         return m.mul_(p).add_(w).div_(torch.mul(p, s).add_(1.0))
 
     def adjoint(
-        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
+        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None, d: Tensor,
         scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         p, grad_p = coefs[0], grad_coefs[0]

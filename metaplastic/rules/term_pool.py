@@ -94,6 +94,7 @@ class TermPool:
 
     terms: tuple[tuple[str, Term], ...]
     native_kernels: ClassVar[bool] = False  # torch ops only (issue 13: a native kernel for term pools)
+    reads_post: ClassVar[bool] = True
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return tuple(f"coef.{name}.{layer}" for name, _ in self.terms)
