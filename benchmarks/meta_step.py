@@ -30,6 +30,10 @@ import time
 RULES = {
     "flp-oja": ("FLP-Oja", {"name": "flp", "form": "oja"}, None),
     "flp-hebb": ("FLP-Hebb", {"name": "flp", "form": "hebb"}, None),
+    # the reproduction study's FLP-Hebb (experiments/repro/flp_hebb.yaml): error signal, tanh feedback
+    "flp-hebb-repro": ("FLP-Hebb (repro config)", {"name": "flp", "form": "hebb", "signal": "error",
+                                                   "output_target": "signal", "feedback_activation": "tanh",
+                                                   "beta_init": 1.0, "coef_init": 1.0e-4, "coef_max": 0.01}, None),
     # Oja's decay taken at the new weights (torch algebra, no native kernel): no FLOP model
     "flp-oja-si": ("FLP-Oja, semi-implicit step", {"name": "flp", "form": "oja", "oja_step": "semi_implicit",
                                                    "coef_max": 0.01, "coef_init": 1.0e-6}, None),
@@ -44,7 +48,7 @@ RULES = {
     "fa": ("FA", {"name": "fa"}, None),
     "dfa": ("DFA", {"name": "dfa"}, None),
 }
-FLOP_MODEL = ("flp-oja", "flp-hebb", "poly", "oml")
+FLOP_MODEL = ("flp-oja", "flp-hebb", "flp-hebb-repro", "poly", "oml")
 HIDDEN = [300, 300, 300, 300, 300, 900, 300, 300]
 QUICK_HIDDEN = [64, 64, 128, 64]
 
