@@ -281,6 +281,10 @@ class _BoundFLP:
         self.stacked = not rule.feedback_hidden and len(self.fed) > 1
         self.acc: dict[str, Tensor] = {}
         self.last: tuple = ()
+        # which stacked gradients the backward pass accumulates (fixed for the lifetime)
+        self.need_beta = any(f"beta.{l}" in wanted for l in self.fed)
+        self.need_weight = any(f"feedback.{l}.0.weight" in wanted for l in self.fed)
+        self.need_bias = any(f"feedback.{l}.0.bias" in wanted for l in self.fed)
         if self.stacked:
             widths = [net.layers[l].out_features for l in self.fed]
             offsets = [0]
@@ -316,15 +320,15 @@ class _BoundFLP:
             return self._backward_by_layer(trace, target, grad_targets)
         signal, z, f, h = self.last
         g = torch.cat([grad_targets[l] for l in self.fed], -1)
-        if any(f"beta.{l}" in self.wanted for l in self.fed):
+        if self.need_beta:
             self._accumulate("beta", (g * (f - h)).sum((0, 1)))
         g_post = self.one_minus_beta * g
         grad_post = {l: g_post[..., a:b] for l, (a, b) in zip(self.fed, self.bounds)}
         g_z = activation_vjp(self.act, self.beta * g, z, f)
         g_z2 = g_z.reshape(-1, g_z.shape[-1])
-        if any(f"feedback.{l}.0.weight" in self.wanted for l in self.fed):
+        if self.need_weight:
             self._accumulate("weight", g_z2.t() @ signal.reshape(-1, signal.shape[-1]))
-        if any(f"feedback.{l}.0.bias" in self.wanted for l in self.fed):
+        if self.need_bias:
             self._accumulate("bias", g_z2.sum(0))
         if self.through_signal:
             g_signal = torch.matmul(g_z, self.weight)
