@@ -309,8 +309,6 @@ def _native_adjoint_step(
     """``_adjoint_step``'s weight-sized passes as one native pass (see metaplastic.kernels)."""
     if grad_p is not None and grad_p.shape[-2:] != g.shape[-2:]:
         return False, None  # coefficients broadcast over synapses: the torch path sums them
-    if g.dtype is not kernels.dtype:
-        return False, None
     s = (t * t).sum(-2).unsqueeze(-1) if oja else None
     d_s = g.new_empty(g.shape[:-1] + (1,)) if oja else None
     m = None
@@ -627,7 +625,7 @@ class _HebbianLifetime(torch.autograd.Function):
                     grad_post[l - 1] = _backprop(grad_post.get(l - 1), delta, weights[wk])
 
         for l, total in delta_sums.items():  # the frozen biases: sum over steps and batch
-            grads[bias_key(l)] = _add(grads[bias_key(l)], total.sum((0, 1)))
+            grads[bias_keys_all[l]] = _add(grads[bias_keys_all[l]], total.sum((0, 1)))
 
         grads.update(bound.grads())
         truncated = spec.start > 0  # the state before the window is a constant: no gradient
