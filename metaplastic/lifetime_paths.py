@@ -9,8 +9,9 @@ Two paths give the same values (up to float rounding) and differ in time and mem
 ``meta.unroll.path`` chooses: ``auto`` (the fused path where the rule has one, as before this
 field existed), ``fused`` (refused in one line for a rule without one) or ``step``.
 ``meta.unroll.kernels`` chooses the fused path's weight-sized passes: ``auto`` (the native C
-kernels of ``metaplastic.kernels`` where they apply, torch elsewhere), ``native`` (refused where
-they cannot run) or ``torch``. ``METAPLASTIC_NATIVE=0`` stays an override: it turns the native
+kernels of ``metaplastic.kernels`` where they apply, unless measured clearly slower than torch on
+this CPU at the lifetime's shapes: ``kernels.selection``; torch elsewhere), ``native`` (refused
+where they cannot run) or ``torch``. ``METAPLASTIC_NATIVE=0`` stays an override: it turns the native
 kernels off everywhere (the step path's per-step Hebbian node included), whatever the config.
 
 Either path runs only while a meta-gradient is recorded; a lifetime without one (evaluation,
@@ -80,15 +81,24 @@ class LifetimePath:
     """The resolved choice: ``fused`` (else step) and, on the fused path, ``native`` kernels."""
 
     fused: bool
-    native: bool
+    native: bool  # the native kernels may run
     note: str = ""  # why, when the choice was not asked for explicitly
+    measured: bool = False  # ``auto``: native or torch by measurement at the lifetime's shapes
+    choices: tuple[str, ...] = ()  # what the measurement chose, once a lifetime has run
+
+    @property
+    def kernel_mode(self) -> str:
+        """What the fused lifetime is asked to run: ``auto`` (measure), ``native`` or ``torch``."""
+        return "auto" if self.measured else "native" if self.native else "torch"
 
     def as_dict(self) -> dict[str, str]:
         out = {"path": "fused" if self.fused else "step"}
         if self.fused:
-            out["kernels"] = "native" if self.native else "torch"
+            out["kernels"] = "native or torch by measurement" if self.measured else self.kernel_mode
         if self.note:
             out["note"] = self.note
+        if self.choices:
+            out["measured"] = "; ".join(self.choices)
         return out
 
     def describe(self) -> str:
@@ -96,7 +106,8 @@ class LifetimePath:
         text = f"lifetime path {d['path']}"
         if "kernels" in d:
             text += f", kernels {d['kernels']}"
-        return text + (f" ({self.note})" if self.note else "")
+        text += f" ({self.note})" if self.note else ""
+        return text + (f": {d['measured']}" if self.choices else "")
 
 
 _NO_FUSED = "meta.unroll.path 'fused': rule '{}' has no fused lifetime (use path auto or step)"
@@ -141,4 +152,6 @@ def choose_path(rule: Any, unroll: Any, device: torch.device, dtype: torch.dtype
     if unroll.kernels == "native" and not runnable:
         raise ConfigError(f"meta.unroll.kernels 'native': the native kernels cannot run here (device {device}, "
                           f"{dtype}; they need the CPU, float32/float64 and a C compiler): use kernels auto or torch")
-    return LifetimePath(True, runnable, "" if runnable or unroll.kernels == "native" else "native kernels unavailable")
+    if not runnable:
+        return LifetimePath(True, False, "native kernels unavailable")
+    return LifetimePath(True, True, measured=unroll.kernels == "auto")

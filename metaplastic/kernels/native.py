@@ -6,9 +6,9 @@ torch calls read and write every weight-sized tensor 4-6 times per inner step, a
 ``$METAPLASTIC_CACHE`` (default ``~/.cache/metaplastic``) with ``cc -O3 -march=native -fopenmp``,
 atomically, and loaded with ctypes; no torch headers are needed, so the build takes about a
 second. Without a compiler, on other devices, for non-contiguous or broadcast layouts the
-kernels don't apply, with ``meta.unroll.kernels: torch`` (``metaplastic.lifetime_paths``) or with
-the override ``METAPLASTIC_NATIVE=0``, callers use their torch code instead: same values up to
-float rounding.
+kernels don't apply, with ``meta.unroll.kernels: torch`` (``metaplastic.lifetime_paths``), where
+``auto`` measured them slower on this CPU (``selection``) or with the override
+``METAPLASTIC_NATIVE=0``, callers use their torch code instead: same values up to float rounding.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _state: dict[str, object] = {}
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where the built library (and ``selection``'s kernel choices) live."""
     return Path(os.environ.get("METAPLASTIC_CACHE", Path.home() / ".cache" / "metaplastic"))
 
 
@@ -43,7 +44,7 @@ def _build() -> ctypes.CDLL | None:
         return None
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, platform.machine(), platform.node()]).encode())
-    target = _cache_dir() / f"hebbian_cpu_{key.hexdigest()[:16]}.so"
+    target = cache_dir() / f"hebbian_cpu_{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)

@@ -83,7 +83,7 @@ def run_lifetime(
         segment = unroll.segment_length(n_steps) if unroll.mode == "checkpoint" else 0
         return rule.fused_lifetime(
             net, meta, x, y, loss, segment=segment, start=unroll.first_graph_step(n_steps),
-            first_order=unroll.mode == "first_order", kernels=path.native,
+            first_order=unroll.mode == "first_order", kernels=path.kernel_mode,
         )
     weights = select(meta, "init")
     prepared = rule.prepare(net, meta)

@@ -11,6 +11,8 @@ slice of the meta-batch and the gradients are summed across ranks; rank 0 alone 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -25,6 +27,7 @@ from torch import Tensor
 
 from metaplastic.config import ExperimentConfig, config_from_dict
 from metaplastic.errors import CheckpointError, ConfigError, DivergenceError
+from metaplastic.kernels import selection
 from metaplastic.meta.checkpoint import CHECKPOINT_FILES, atomic_write_text, load_checkpoint, save_checkpoint
 from metaplastic.meta.distributed import Parallel, check_divisible
 from metaplastic.meta.experiment import Experiment
@@ -97,13 +100,18 @@ class MetaTrainer:
         episodes = exp.training_episodes(self.step)  # the full meta-batch, whatever the rank
         check_finite(episodes)
         parallel = self.parallel
-        if parallel is None:
-            loss = exp.meta_loss(self.meta, episodes, self.config.meta.unroll)
-            value = float(loss.detach())
-        else:  # local mean x local/total: the sums over ranks are the mean over the meta-batch
-            local = exp.meta_loss(self.meta, parallel.shard(episodes), self.config.meta.unroll)
-            loss = local * parallel.loss_weight(self.config.meta.meta_batch)
-            value = parallel.sum_value(loss)
+        lifetime = self.lifetime
+        measuring = lifetime is not None and lifetime.measured and not lifetime.choices
+        with selection.recording() if measuring else contextlib.nullcontext({}) as chosen:
+            if parallel is None:
+                loss = exp.meta_loss(self.meta, episodes, self.config.meta.unroll)
+                value = float(loss.detach())
+            else:  # local mean x local/total: the sums over ranks are the mean over the meta-batch
+                local = exp.meta_loss(self.meta, parallel.shard(episodes), self.config.meta.unroll)
+                loss = local * parallel.loss_weight(self.config.meta.meta_batch)
+                value = parallel.sum_value(loss)
+        if chosen:  # what ``kernels: auto`` measured, for the run log
+            self.lifetime = dataclasses.replace(lifetime, choices=tuple(c.describe() for c in chosen.values()))
         if not math.isfinite(value):
             raise DivergenceError(
                 f"inner loop diverged at meta-step {self.step}: meta-loss is {value}; "
@@ -362,8 +370,9 @@ def _train_into(
     ckpt = run_dir / CHECKPOINT_FILES["last"]
     best_ckpt = run_dir / CHECKPOINT_FILES["best"]
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    if progress and trainer.lifetime is not None:  # with the progress bar; always in the tracking config
-        print(f"metaplastic: {config.name}: {trainer.lifetime.describe()}", file=sys.stderr)
+    logged = trainer.lifetime
+    if progress and logged is not None:  # with the progress bar; always in the tracking config
+        print(f"metaplastic: {config.name}: {logged.describe()}", file=sys.stderr)
     metrics_path = run_dir / "metrics.jsonl"
     kept = _read_metrics(metrics_path, trainer.step)
     atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
@@ -412,6 +421,9 @@ def _train_into(
                     log.flush()
                 if trainer.step % meta_cfg.checkpoint_every == 0 or trainer.step == meta_cfg.steps:
                     save_checkpoint(ckpt, trainer.state_dict())
+                if progress and trainer.lifetime is not logged:  # what kernels: auto measured
+                    logged = trainer.lifetime
+                    print(f"metaplastic: {config.name}: {logged.describe()}", file=sys.stderr)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4g}", s_per_step=f"{metrics['seconds']:.3g}")

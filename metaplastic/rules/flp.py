@@ -231,14 +231,14 @@ class FLPRule:
     # ---- the whole lifetime (fast path of the meta-gradient) ---------------------------
     def fused_lifetime(
         self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, segment: int = 0, start: int = 0,
-        first_order: bool = False, kernels: bool = True,
+        first_order: bool = False, kernels: str = "auto",
     ) -> dict[str, Tensor]:
         """Weights at the end of a lifetime, the same values as iterating ``step``, as one
         autograd node with a hand-written backward pass (see ``hebbian_lifetime``): much less
         time and memory for the meta-gradient. ``segment`` > 0 checkpoints every ``segment``
         steps; the meta-gradient goes through steps ``start`` onwards (truncation);
-        ``first_order`` takes every update at detached weights; ``kernels`` lets the native
-        kernels run where they apply."""
+        ``first_order`` takes every update at detached weights; ``kernels`` (``auto``, ``native``,
+        ``torch``: ``meta.unroll.kernels``) chooses the weight-sized passes."""
         return hebbian_lifetime(
             net, FLPTargets(self, net, loss), select(meta, "init"), self.prepare(net, meta), x, y,
             self.form == "oja", self.plastic_bias, segment=segment, start=start, first_order=first_order,

@@ -36,6 +36,7 @@ memory modes (checkpoint, truncation, first order) live in the lifetime machiner
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -44,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from metaplastic.kernels import native
+from metaplastic.kernels import native, selection
 from metaplastic.networks import MLP, Trace, bias_key, get_activation, weight_key
 
 
@@ -658,6 +659,46 @@ def _groups(
     return tuple(tuple(group) for group in by_shape.values())
 
 
+def _measured_native(
+    spec: _LifetimeSpec, prepared: dict[str, Tensor], x: Tensor, kernels: native.HebbianKernels
+) -> bool:
+    """Whether ``auto`` runs the native kernels for this lifetime (``kernels.selection``): the
+    probe is one inner step's weight-sized passes, forward and reverse, at the lifetime's shapes
+    (random activities, the real coefficients)."""
+    tasks, batch = x.shape[0], x.shape[2]
+    coefs = [[c.detach() for c in spec.coefficients(prepared, group)] for group in spec.groups]
+    shapes = tuple(
+        (len(group), tasks, batch, spec.net.layers[group[0]].out_features, spec.net.layers[group[0]].in_features,
+         tuple(tuple(c.shape) for c in cs))
+        for group, cs in zip(spec.groups, coefs)
+    )
+    what = f"{spec.algebra!r} first_order {spec.first_order} groups {shapes}"
+
+    def make_probe() -> selection.Probe:
+        algebra, gen = spec.algebra, torch.Generator().manual_seed(0)
+
+        def rand(*shape: int) -> Tensor:
+            return torch.randn(*shape, generator=gen, dtype=x.dtype)
+
+        cases = []
+        for (layers, _, _, n_out, n_in, _), cs in zip(shapes, coefs):
+            w = rand(layers, tasks, n_out, n_in)
+            t, h = rand(layers, tasks, batch, n_out), rand(layers, tasks, batch, n_in)
+            post = rand(layers, tasks, batch, n_out) if algebra.reads_post else None
+            g0 = rand(*w.shape)
+            cases.append((w, cs, t, h, post, g0, torch.empty_like(w), torch.empty_like(w), torch.empty_like(w),
+                          [torch.zeros_like(c) for c in cs]))
+
+        def probe(use: native.HebbianKernels | None) -> None:
+            for w, cs, t, h, post, g0, g, d, scratch, grads in cases:
+                algebra.forward(w, cs, t, h, post, use)
+                algebra.adjoint(g.copy_(g0), w, cs, t, h, post, d, scratch, grads, spec.first_order, use)
+
+        return probe
+
+    return selection.choose(kernels, what, make_probe).native
+
+
 def hebbian_lifetime(
     net: MLP,
     model: TargetModel,
@@ -670,7 +711,7 @@ def hebbian_lifetime(
     segment: int = 0,
     start: int = 0,
     first_order: bool = False,
-    kernels: bool = True,
+    kernels: str = "auto",
     update: PlasticUpdate | None = None,
 ) -> dict[str, Tensor]:
     """Weights after a lifetime of Hebb/Oja steps (or of ``update``'s algebra, e.g. a
@@ -681,7 +722,9 @@ def hebbian_lifetime(
     instead of S). ``start`` > 0 truncates the meta-gradient to steps ``start`` .. S-1: the
     state before is a constant, so the plastic layers' initial weights get zero gradient.
     ``first_order`` computes every update at detached weights (W' = W + u(stopgrad W)).
-    ``kernels`` False keeps the native kernels out (``meta.unroll.kernels: torch``).
+    ``kernels`` (``meta.unroll.kernels``): ``native`` runs the native kernels where they apply,
+    ``torch`` keeps them out, ``auto`` runs whichever ``kernels.selection`` measured faster on
+    this CPU at this lifetime's shapes.
 
     ``model`` gives the target activity of every plastic layer and its backward pass (see
     ``TargetModel``) from the prepared parameters other than the coefficients. Layer l's
@@ -692,11 +735,13 @@ def hebbian_lifetime(
     algebra = update if update is not None else HebbOja(oja)
     groups = _groups(net, weights, prepared, algebra)
     first = next(iter(weights.values()))
-    bound = native.bind(first.dtype, first.device) if kernels and algebra.native_kernels else None
+    bound = native.bind(first.dtype, first.device) if kernels != "torch" and algebra.native_kernels else None
     spec = _LifetimeSpec(
         net, model, oja, plastic_bias, tuple(weights), tuple(prepared), groups, segment, start, first_order, bound,
         update,
     )
+    if bound is not None and kernels == "auto" and not _measured_native(spec, prepared, x, bound):
+        spec = dataclasses.replace(spec, kernels=None)
     out = _HebbianLifetime.apply(spec, x, y, *weights.values(), *prepared.values())
     final = dict(weights)
     for stacked, group in zip(out, groups):

@@ -173,7 +173,7 @@ class PolynomialRule:
 
     def fused_lifetime(
         self, net: MLP, meta: dict[str, Tensor], x: Tensor, y: Tensor, loss: Loss, segment: int = 0, start: int = 0,
-        first_order: bool = False, kernels: bool = True,
+        first_order: bool = False, kernels: str = "auto",
     ) -> dict[str, Tensor]:
         """Weights at the end of a lifetime, the values of iterating ``step``, as one autograd
         node with a hand-written reverse pass (``hebbian_lifetime`` over ``term_pool``); the
