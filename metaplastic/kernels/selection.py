@@ -30,7 +30,7 @@ import torch
 from metaplastic.kernels import native
 
 MARGIN = 0.10  # native is kept unless torch is faster by more than this fraction
-_PAIRS, _BUDGET_S = 15, 0.5  # timed native/torch pairs at most, and the time they may take
+_PAIRS, _BUDGET_S = 25, 1.0  # timed native/torch pairs at most, and the time they may take
 
 Probe = Callable[[native.HebbianKernels | None], None]  # one inner step's passes, kernels or torch
 
