@@ -195,3 +195,14 @@ def test_hebb_and_oja_pools_equal_flp_fused(form: str, scope: str) -> None:
             g = got[1][f"coef.pre_target.{rest}"]
             merged[k] = g - got[1][f"coef.target2_w.{rest}"] if form == "oja" else g
     assert_close(merged, want[1])
+
+
+def test_a_pool_without_postsynaptic_terms_is_not_given_h() -> None:
+    """``TermPool.reads_post`` per pool: only terms of h, e = t - h or h^2 read the postsynaptic
+    activity; a pool of target / presynaptic terms runs fused without it, same values as the step path."""
+    no_h = {"pre_target": "synapse", "target": "neuron", "pre": "layer"}
+    exp = make_experiment({"name": "poly", "terms": no_h}, steps=3)
+    assert not exp.rule.update_algebra().reads_post
+    with_e = make_experiment({"name": "poly", "terms": {**no_h, "pre_signal": "synapse"}})
+    assert with_e.rule.update_algebra().reads_post
+    check_fused_against_step(exp, perturbed_meta(exp), "full")

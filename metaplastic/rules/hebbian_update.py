@@ -179,7 +179,10 @@ class PlasticUpdate(Protocol):
     layers stacked on the leading dimension (see ``HebbOja`` and ``term_pool.TermPool``)."""
 
     native_kernels: ClassVar[bool]  # whether passing ``kernels`` can change anything (the run log says it)
-    reads_post: ClassVar[bool]  # whether it reads the postsynaptic activity ``h`` (else the lifetime passes None)
+    @property
+    def reads_post(self) -> bool:
+        """Whether it reads the postsynaptic activity ``h`` (else the lifetime passes None)."""
+        ...
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         """The prepared keys of layer ``layer``'s weight coefficients, in ``coefs`` order."""

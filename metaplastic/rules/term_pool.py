@@ -37,6 +37,7 @@ from torch import Tensor
 from metaplastic.kernels.native import HebbianKernels
 
 POST_FEATURES = ("h", "t", "e", "h2", "t2")
+POST_READING = frozenset({"h", "e", "h2"})  # the features that read the postsynaptic activity h
 PRE_FEATURES = ("x", "x2")
 KINDS = ("outer", "rows", "cols", "const")
 
@@ -59,7 +60,7 @@ class Term:
             assert self.feature is None
 
 
-def _features(names: set[str], t: Tensor, x: Tensor, h: Tensor) -> dict[str, Tensor]:
+def _features(names: set[str], t: Tensor, x: Tensor, h: Tensor | None) -> dict[str, Tensor]:
     """The activities the pool uses, each (layers, tasks, batch, width)."""
     out: dict[str, Tensor] = {"t": t, "x": x, "h": h}
     if "e" in names:
@@ -94,7 +95,12 @@ class TermPool:
 
     terms: tuple[tuple[str, Term], ...]
     native_kernels: ClassVar[bool] = False  # torch ops only (issue 13: a native kernel for term pools)
-    reads_post: ClassVar[bool] = True
+
+    @property
+    def reads_post(self) -> bool:
+        """Whether a term uses the postsynaptic activity (h, e = t - h, h^2): else the lifetime
+        does not stack it (and passes None)."""
+        return bool(self._names & POST_READING)
 
     def coef_keys(self, layer: int) -> tuple[str, ...]:
         return tuple(f"coef.{name}.{layer}" for name, _ in self.terms)
@@ -105,7 +111,7 @@ class TermPool:
 
     # ---- forward --------------------------------------------------------------------------
     def forward(
-        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, kernels: HebbianKernels | None
+        self, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None, kernels: HebbianKernels | None
     ) -> Tensor:
         """W' for a group of layers: w (L, 1|T, out, in), coefs (L, 1, out|1, in|1), activities
         (L, T, B, width); a fresh (L, T, out, in) buffer, no graph."""
@@ -137,7 +143,7 @@ class TermPool:
 
     # ---- reverse --------------------------------------------------------------------------
     def adjoint(
-        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor, d: Tensor,
+        self, g: Tensor, w: Tensor, coefs: list[Tensor], t: Tensor, x: Tensor, h: Tensor | None, d: Tensor,
         scratch: Tensor, grad_coefs: list[Tensor | None], first_order: bool, kernels: HebbianKernels | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Backward of ``forward``, in place: ``g`` holds dL/dW' on entry and the update path's
